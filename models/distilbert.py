@@ -1,0 +1,86 @@
+"""DistilBERT: its own config and weight names, no token types, optional sinusoidal positions.
+
+LayerNorm eps is fixed at 1e-12 (the config has no key for it); the classifier is
+pre_classifier → ReLU → classifier on the first token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from models.config import ConfigError, EncoderConfig, get, read_common
+from models.heads import PreClassifier
+from models.registry import BUFFERS, Family
+
+
+def parse_config(raw: Mapping[str, Any]) -> EncoderConfig:
+    sinusoidal = get(raw, "sinusoidal_pos_embds", False)
+    if not isinstance(sinusoidal, bool):
+        raise ConfigError(f"sinusoidal_pos_embds={sinusoidal!r}: expected true or false")
+    return EncoderConfig(
+        family="distilbert",
+        vocab_size=get(raw, "vocab_size", 30522),
+        hidden_size=get(raw, "dim", 768),
+        num_layers=get(raw, "n_layers", 6),
+        num_heads=get(raw, "n_heads", 12),
+        intermediate_size=get(raw, "hidden_dim", 3072),
+        hidden_act=get(raw, "activation", "gelu"),
+        max_position_embeddings=get(raw, "max_position_embeddings", 512),
+        type_vocab_size=0,
+        layer_norm_eps=1e-12,
+        pad_token_id=get(raw, "pad_token_id", 0),
+        position_embedding_type="sinusoidal" if sinusoidal else "absolute",
+        embedding_size=get(raw, "dim", 768),
+        **read_common(raw),
+    )
+
+
+def sinusoidal_table(positions: int, dim: int) -> torch.Tensor:
+    """PE[pos, j] = sin/cos(pos / 10000^(2*(j//2)/dim)): sin on even columns, cos on odd ones."""
+    pos = torch.arange(positions, dtype=torch.float64)[:, None]
+    j = torch.arange(dim, dtype=torch.float64)[None, :]
+    angle = pos / torch.pow(10000.0, 2 * torch.div(j, 2, rounding_mode="floor") / dim)
+    table = torch.empty(positions, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angle[:, 0::2])
+    table[:, 1::2] = torch.cos(angle[:, 1::2])
+    return table.float()
+
+
+def fill_sinusoidal(state: dict, cfg: EncoderConfig) -> None:
+    """The table is usually saved with the weights; generate it only when a checkpoint left it out."""
+    key = "encoder.embeddings.position.weight"
+    if cfg.position_embedding_type == "sinusoidal" and key not in state:
+        state[key] = sinusoidal_table(cfg.max_position_embeddings, cfg.embedding_size)
+
+
+_LAYER = r"^transformer\.layer\.(\d+)\."
+
+FAMILY = Family(
+    name="distilbert",
+    model_types=("distilbert",),
+    prefix="distilbert.",
+    architectures=("DistilBert",),
+    parse_config=parse_config,
+    renames=(
+        (r"^embeddings\.word_embeddings\.", "encoder.embeddings.word."),
+        (r"^embeddings\.position_embeddings\.", "encoder.embeddings.position."),
+        (r"^embeddings\.LayerNorm\.", "encoder.embeddings.norm."),
+        (_LAYER + r"attention\.(q_lin|k_lin|v_lin)\.", r"encoder.layers.\1.mixer.\2."),
+        (_LAYER + r"attention\.out_lin\.", r"encoder.layers.\1.mixer_out."),
+        (_LAYER + r"sa_layer_norm\.", r"encoder.layers.\1.mixer_norm."),
+        (_LAYER + r"ffn\.lin1\.", r"encoder.layers.\1.ffn_up."),
+        (_LAYER + r"ffn\.lin2\.", r"encoder.layers.\1.ffn_down."),
+        (_LAYER + r"output_layer_norm\.", r"encoder.layers.\1.ffn_norm."),
+        (r"^pre_classifier\.", "head.pre_classifier."),
+        (r"^classifier\.", "head.classifier."),
+        (r"^qa_outputs\.", "head.qa."),
+    ),
+    qkv_names=("q_lin", "k_lin", "v_lin"),
+    droppable=(r"^vocab_(transform|layer_norm|projector)\.", *BUFFERS),
+    classifier=PreClassifier,
+    uses_token_type_ids=False,
+    fill_missing=fill_sinusoidal,
+)

@@ -1,0 +1,106 @@
+"""Task heads. Each takes the encoder's last hidden state (B, T, H) and the attention mask (B, T)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.config import EncoderConfig
+from models.layers import activation
+
+
+class NoHead(nn.Module):
+    """Task "base": the last hidden state itself."""
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        return hidden
+
+
+class TokenClassifier(nn.Module):
+    """NER: one logit vector per token, (B, T, num_labels)."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.classifier(hidden)
+
+
+class SpanPredictor(nn.Module):
+    """Extractive QA: start and end logits per token, (B, T, 2)."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.qa = nn.Linear(cfg.hidden_size, 2)
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.qa(hidden)
+
+
+class PoolerClassifier(nn.Module):
+    """BERT: tanh(pooler(h[CLS])) → classifier."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.classifier(torch.tanh(self.pooler(hidden[:, 0])))
+
+
+class DenseClassifier(nn.Module):
+    """RoBERTa (tanh) and ConvBERT (hidden_act): out_proj(act(dense(h[CLS]))); no pooler."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.out_proj = nn.Linear(cfg.hidden_size, cfg.num_labels)
+        self.act = activation(cfg.classifier_act)
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.out_proj(self.act(self.dense(hidden[:, 0])))
+
+
+class PreClassifier(nn.Module):
+    """DistilBERT: classifier(relu(pre_classifier(h[CLS])))."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.pre_classifier = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.classifier(F.relu(self.pre_classifier(hidden[:, 0])))
+
+
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")
+
+
+class Pooling(nn.Module):
+    """Embeddings as sentence-transformers computes them: modes concatenated in its order, then L2."""
+
+    def __init__(self, modes: tuple[str, ...], normalize: bool):
+        super().__init__()
+        unknown = [m for m in modes if m not in POOLING_MODES]
+        if unknown or not modes:
+            raise ValueError(f"pooling {list(modes)!r}: expected one or more of {', '.join(POOLING_MODES)}")
+        self.modes = tuple(m for m in POOLING_MODES if m in modes)
+        self.normalize = normalize
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        keep = attention_mask.to(hidden.dtype)[:, :, None]                            # (B, T, 1)
+        count = keep.sum(1).clamp(min=1e-9)                                           # (B, 1)
+        pooled = []
+        for mode in self.modes:
+            if mode == "cls":
+                pooled.append(hidden[:, 0])
+            elif mode == "max":
+                pooled.append(hidden.masked_fill(keep == 0, -1e9).max(1).values)
+            else:
+                total = (hidden * keep).sum(1)
+                pooled.append(total / (count if mode == "mean" else count.sqrt()))
+        out = torch.cat(pooled, dim=-1)
+        return F.normalize(out, p=2, dim=1) if self.normalize else out

@@ -1,0 +1,115 @@
+"""Building blocks shared by every family: activations, fused self-attention, grouped linear layers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _gelu_tanh(x: Tensor) -> Tensor:
+    # the "gelu_new" formula of the original BERT/GPT code (not torch's tanh kernel: last-bit parity)
+    return 0.5 * x * (1.0 + torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def _laplace(x: Tensor, mu: float = 0.707107, sigma: float = 0.282095) -> Tensor:
+    return 0.5 * (1.0 + torch.erf((x - mu) / (sigma * math.sqrt(2.0))))
+
+
+# Names as Hugging Face's ACT2FN spells them: "gelu" is the exact erf GELU, "gelu_new" the tanh one.
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_python": F.gelu,
+    "gelu_new": _gelu_tanh,
+    "gelu_accurate": _gelu_tanh,
+    "gelu_python_tanh": _gelu_tanh,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "gelu_10": lambda x: torch.clip(F.gelu(x), -10.0, 10.0),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "relu2": lambda x: torch.square(F.relu(x)),
+    "relu6": F.relu6,
+    "leaky_relu": F.leaky_relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "mish": F.mish,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "linear": lambda x: x,
+    "laplace": _laplace,
+}
+
+
+def activation(name: str) -> Callable[[Tensor], Tensor]:
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"activation {name!r}: expected one of {', '.join(_ACTIVATIONS)}") from None
+
+
+class GroupedLinear(nn.Module):
+    """ConvBERT's grouped dense layer: weight (groups, in/groups, out/groups), applied as x @ W (no transpose)."""
+
+    def __init__(self, in_features: int, out_features: int, groups: int):
+        super().__init__()
+        self.groups = groups
+        self.weight = nn.Parameter(torch.empty(groups, in_features // groups, out_features // groups))
+        self.bias = nn.Parameter(torch.empty(out_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        x = x.reshape(-1, self.groups, x.shape[-1] // self.groups).transpose(0, 1)  # (G, N, in/G)
+        x = torch.bmm(x, self.weight).transpose(0, 1)                                 # (N, G, out/G)
+        return x.reshape(*lead, -1) + self.bias
+
+
+def dense(in_features: int, out_features: int, groups: int = 1) -> nn.Module:
+    return nn.Linear(in_features, out_features) if groups == 1 else GroupedLinear(in_features, out_features, groups)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with fused q/k/v and SDPA; optional relative-position scores.
+
+    `relative` is "relative_key" or "relative_key_query" (Shaw et al.; Huang et al.) or None.
+    Returns the per-head context concatenated, (B, T, heads * head_size), before the output dense.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, head_size: int, relative: str | None = None,
+                 max_positions: int = 0):
+        super().__init__()
+        self.num_heads, self.head_size, self.relative = num_heads, head_size, relative
+        self.qkv = nn.Linear(hidden_size, 3 * num_heads * head_size)
+        if relative:
+            self.max_positions = max_positions
+            self.distance_embedding = nn.Embedding(2 * max_positions - 1, head_size)
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
+        return q, k, v                                                                # each (B, h, T, d)
+
+    def forward(self, x: Tensor, attn_bias: Tensor, keep: Tensor | None = None) -> Tensor:
+        q, k, v = self.project(x)
+        return self.attend(q, k, v, attn_bias)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_bias: Tensor) -> Tensor:
+        if self.relative:
+            attn_bias = attn_bias + self._relative_scores(q, k) / math.sqrt(self.head_size)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)          # (B, h, T, d)
+        b, h, t, d = ctx.shape
+        return ctx.transpose(1, 2).reshape(b, t, h * d)
+
+    def _relative_scores(self, q: Tensor, k: Tensor) -> Tensor:
+        t = q.shape[2]
+        pos = torch.arange(t, device=q.device)
+        table = self.distance_embedding(pos[:, None] - pos[None, :] + self.max_positions - 1).to(q.dtype)  # (T, T, d)
+        scores = torch.einsum("bhld,lrd->bhlr", q, table)
+        if self.relative == "relative_key_query":
+            scores = scores + torch.einsum("bhrd,lrd->bhlr", k, table)
+        return scores

@@ -1,0 +1,188 @@
+"""Checkpoint loading: config.json + weights → a TaskModel, strictly.
+
+One generic loader driven by each family's declarative rules: detect the base-model prefix, fix
+legacy names, rename, fuse q/k/v, check every shape, and load strictly — only names on the family's
+allow-list (MLM heads, unused poolers, position-id buffers) may be left over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from models.config import ConfigError, EncoderConfig
+from models.encoder import Encoder
+from models.heads import NoHead, Pooling, SpanPredictor, TokenClassifier
+from models.registry import Family, family_for
+from models.sentence_transformers import pooling_from_folder
+
+TASKS = ("base", "ner", "classify", "qa", "embed")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_LEGACY = ((re.compile(r"LayerNorm\.gamma$"), "LayerNorm.weight"), (re.compile(r"LayerNorm\.beta$"), "LayerNorm.bias"))
+_HEAD_NAMES = {"ner": "token-classification", "classify": "sequence-classification", "qa": "question-answering"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder we cannot load exactly; the message names the files or tensors at fault."""
+
+
+class TaskModel(nn.Module):
+    """Encoder + task head. `forward(input_ids, attention_mask, token_type_ids=None)`, right padding."""
+
+    def __init__(self, family: Family, config: EncoderConfig, head: nn.Module):
+        super().__init__()
+        offset = config.pad_token_id if family.roberta_positions else None
+        if family.roberta_positions and offset is None:
+            raise ConfigError("pad_token_id=None: RoBERTa-style positions count from pad_token_id + 1")
+        self.encoder = Encoder(config, family.make_mixer, offset)
+        self.head = head
+        self.config = config
+        self.uses_token_type_ids = family.uses_token_type_ids
+        self.fingerprint = ""
+
+    @property
+    def max_tokens(self) -> int:
+        return self.encoder.embeddings.max_tokens
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids if self.uses_token_type_ids else None)
+        return self.head(hidden, attention_mask)
+
+
+def read_config(folder: Path) -> tuple[Family, EncoderConfig]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no config.json (is this a Hugging Face checkpoint folder?)")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        family = family_for(raw.get("model_type", ""))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    unknown = [a for a in raw.get("architectures") or () if a not in family.supported_architectures()]
+    if unknown:
+        raise CheckpointError(f"{path}: architectures {unknown} not supported; supported are "
+                              f"{', '.join(family.supported_architectures())}")
+    return family, family.parse_config(raw)
+
+
+def build_head(family: Family, config: EncoderConfig, task: str, folder: Path,
+               pooling: str | None, normalize: bool | None) -> nn.Module:
+    if task == "embed":
+        modes, norm = pooling_from_folder(folder)
+        return Pooling((pooling,) if pooling else modes, norm if normalize is None else normalize)
+    heads = {"base": NoHead, "ner": TokenClassifier, "classify": family.classifier, "qa": SpanPredictor}
+    if task not in heads:
+        raise ValueError(f"task={task!r}: expected one of {', '.join(TASKS)}")
+    return heads[task](config) if task != "base" else NoHead()
+
+
+def load_model(folder: str | Path, task: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               pooling: str | None = None, normalize: bool | None = None) -> TaskModel:
+    folder = Path(folder)
+    family, config = read_config(folder)
+    with torch.device("meta"):
+        model = TaskModel(family, config, build_head(family, config, task, folder, pooling, normalize))
+    files = weight_files(folder)
+    state, optional = rename(family, read_weights(files))
+    expected = model.state_dict().keys()
+    for name in [k for k in state if k not in expected]:
+        if name in optional or (task in ("base", "embed") and name.startswith("head.")):
+            del state[name]   # MLM heads, unused poolers, buffers; any task head when embedding
+    if family.fill_missing:
+        family.fill_missing(state, config)
+    check_state(model, state, task, config)
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    model.fingerprint = fingerprint(files)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def weight_files(folder: Path) -> list[Path]:
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if name.endswith(".index.json"):
+            shards = sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()))
+            missing = [s for s in shards if not (folder / s).is_file()]
+            if missing:
+                raise CheckpointError(f"{path}: shards missing from the folder: {', '.join(missing)}")
+            return [folder / s for s in shards]
+        return [path]
+    raise CheckpointError(f"{folder}: no weights; looked for {', '.join(WEIGHT_FILES)}")
+
+
+def read_weights(files: list[Path]) -> dict[str, Tensor]:
+    state: dict[str, Tensor] = {}
+    for path in files:
+        if path.suffix == ".safetensors":
+            state.update(load_file(path))
+        else:
+            state.update(torch.load(path, map_location="cpu", weights_only=True))
+    return state
+
+
+def rename(family: Family, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], set[str]]:
+    """Checkpoint names → ours, and which of ours came from names the family may leave unused."""
+    has_prefix = any(k.startswith(family.prefix) for k in state)
+    rules = [(re.compile(p), r) for p, r in family.renames]
+    droppable = [re.compile(p) for p in family.droppable]
+    out: dict[str, Tensor] = {}
+    optional: set[str] = set()
+    for name, tensor in state.items():
+        for pattern, fixed in _LEGACY:
+            name = pattern.sub(fixed, name)
+        if has_prefix and name.startswith(family.prefix):
+            name = name[len(family.prefix):]
+        new = next((pattern.sub(repl, name) for pattern, repl in rules if pattern.search(name)), name)
+        out[new] = tensor
+        if any(p.search(name) for p in droppable):
+            optional.add(new)
+    return fuse_qkv(out, family.qkv_names), optional
+
+
+def fuse_qkv(state: dict[str, Tensor], names: tuple[str, str, str]) -> dict[str, Tensor]:
+    pattern = re.compile(rf"^(.*\.mixer)\.({'|'.join(names)})\.(weight|bias)$")
+    groups: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key in list(state):
+        m = pattern.match(key)
+        if m:
+            groups.setdefault((m[1], m[3]), {})[m[2]] = state[key]
+    for (module, kind), parts in groups.items():
+        if len(parts) == 3:
+            state[f"{module}.qkv.{kind}"] = torch.cat([parts[n] for n in names])
+            for n in names:
+                del state[f"{module}.{n}.{kind}"]
+    return state
+
+
+def check_state(model: nn.Module, state: dict[str, Tensor], task: str, config: EncoderConfig) -> None:
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
+                       for k in set(expected) & set(state) if state[k].shape != expected[k])
+    if not (missing or unexpected or misshaped):
+        return
+    if missing and all(k.startswith("head.") for k in missing) and task in _HEAD_NAMES:
+        raise CheckpointError(
+            f"this checkpoint has no {_HEAD_NAMES[task]} head for task {task!r}: head weights missing "
+            f"({', '.join(missing)}); its architectures: {list(config.architectures) or 'not stated'}")
+    parts = [f"{label}: {', '.join(items)}" for label, items in
+             (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped)) if items]
+    raise CheckpointError("checkpoint does not match the model — " + "; ".join(parts)
+                          + f". Available names (renamed): {', '.join(sorted(state)[:40])}")
+
+
+def fingerprint(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,86 @@
+"""What a family hands to the shared skeleton and loader, and the registries of families and tasks."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+from models.config import EncoderConfig
+from models.layers import SelfAttention
+
+Rule = tuple[str, str]   # (regex on a checkpoint name, replacement) — first matching rule wins
+
+
+def attention_mixer(cfg: EncoderConfig) -> nn.Module:
+    relative = cfg.position_embedding_type if cfg.position_embedding_type.startswith("relative") else None
+    return SelfAttention(cfg.hidden_size, cfg.num_heads, cfg.hidden_size // cfg.num_heads, relative,
+                         cfg.max_position_embeddings)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]
+    prefix: str                                   # base-model prefix in task checkpoints ("bert.")
+    architectures: tuple[str, ...]                # class-name prefixes in config.json ("Bert", ...)
+    parse_config: Callable[[Mapping[str, Any]], EncoderConfig]
+    renames: tuple[Rule, ...]                     # checkpoint name (prefix stripped) → our name
+    qkv_names: tuple[str, str, str]               # renamed q/k/v linears, fused into one "qkv"
+    droppable: tuple[str, ...]                    # checkpoint names we knowingly ignore (MLM heads, ...)
+    classifier: Callable[[EncoderConfig], nn.Module]
+    make_mixer: Callable[[EncoderConfig], nn.Module] = attention_mixer
+    roberta_positions: bool = False               # positions counted from padding_idx + 1
+    uses_token_type_ids: bool = True
+    fill_missing: Callable[[dict, EncoderConfig], None] | None = None  # weights a config defines
+
+    def supported_architectures(self) -> list[str]:
+        suffixes = ("Model", "ForMaskedLM", "ForPreTraining", "ForTokenClassification",
+                    "ForSequenceClassification", "ForQuestionAnswering")
+        return [p + s for p in self.architectures for s in suffixes]
+
+
+# Renames of the BERT-style encoder, shared by BERT, RoBERTa and ConvBERT checkpoints.
+BERT_ENCODER_RENAMES: tuple[Rule, ...] = (
+    (r"^embeddings\.word_embeddings\.", "encoder.embeddings.word."),
+    (r"^embeddings\.position_embeddings\.", "encoder.embeddings.position."),
+    (r"^embeddings\.token_type_embeddings\.", "encoder.embeddings.token_type."),
+    (r"^embeddings\.LayerNorm\.", "encoder.embeddings.norm."),
+    (r"^embeddings_project\.", "encoder.embeddings.project."),
+    (r"^encoder\.layer\.(\d+)\.attention\.self\.", r"encoder.layers.\1.mixer."),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"encoder.layers.\1.mixer_out."),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"encoder.layers.\1.mixer_norm."),
+    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"encoder.layers.\1.ffn_up."),
+    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"encoder.layers.\1.ffn_down."),
+    (r"^encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"encoder.layers.\1.ffn_norm."),
+)
+# Heads whose weights sit beside the base model; classifier.dense/out_proj before plain classifier.
+DENSE_HEAD_RENAMES: tuple[Rule, ...] = (
+    (r"^classifier\.dense\.", "head.dense."),
+    (r"^classifier\.out_proj\.", "head.out_proj."),
+    (r"^classifier\.", "head.classifier."),
+    (r"^qa_outputs\.", "head.qa."),
+)
+BUFFERS = (r"(^|\.)position_ids$", r"(^|\.)token_type_ids$")
+
+
+def _families() -> dict[str, Family]:
+    from models import bert, convbert, distilbert, roberta
+
+    families = {f.name: f for f in (bert.FAMILY, roberta.FAMILY, distilbert.FAMILY, convbert.FAMILY)}
+    return families
+
+
+def family_for(model_type: str) -> Family:
+    by_type: dict[str, Family] = {}
+    for family in _families().values():
+        for model_type_name in family.model_types:
+            if model_type_name in by_type:
+                raise RuntimeError(f"model_type {model_type_name!r} registered twice")
+            by_type[model_type_name] = family
+    try:
+        return by_type[model_type]
+    except KeyError:
+        raise ValueError(f"model_type={model_type!r}: supported are {', '.join(sorted(by_type))}") from None
