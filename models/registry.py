@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -66,21 +67,21 @@ DENSE_HEAD_RENAMES: tuple[Rule, ...] = (
 BUFFERS = (r"(^|\.)position_ids$", r"(^|\.)token_type_ids$")
 
 
-def _families() -> dict[str, Family]:
+@functools.cache
+def _by_model_type() -> dict[str, Family]:
     from models import bert, convbert, distilbert, roberta
 
-    families = {f.name: f for f in (bert.FAMILY, roberta.FAMILY, distilbert.FAMILY, convbert.FAMILY)}
-    return families
+    by_type: dict[str, Family] = {}
+    for family in (bert.FAMILY, roberta.FAMILY, distilbert.FAMILY, convbert.FAMILY):
+        for model_type in family.model_types:
+            if model_type in by_type:
+                raise RuntimeError(f"model_type {model_type!r} registered twice")
+            by_type[model_type] = family
+    return by_type
 
 
 def family_for(model_type: str) -> Family:
-    by_type: dict[str, Family] = {}
-    for family in _families().values():
-        for model_type_name in family.model_types:
-            if model_type_name in by_type:
-                raise RuntimeError(f"model_type {model_type_name!r} registered twice")
-            by_type[model_type_name] = family
-    try:
-        return by_type[model_type]
-    except KeyError:
-        raise ValueError(f"model_type={model_type!r}: supported are {', '.join(sorted(by_type))}") from None
+    by_type = _by_model_type()
+    if model_type not in by_type:
+        raise ValueError(f"model_type={model_type!r}: supported are {', '.join(sorted(by_type))}")
+    return by_type[model_type]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +98,9 @@ class Tokenizer:
     ) -> list[list[Window]]:
         """Windows of every document; with `pairs`, texts[i] (the question) is repeated in each window."""
         _check_strings("texts", texts)
-        if not isinstance(max_length, int) or not isinstance(stride, int) or stride < 0:
+        if not isinstance(max_length, (int, np.integer)) or not isinstance(stride, (int, np.integer)) or stride < 0:
             raise ValueError(f"max_length={max_length!r}, stride={stride!r}: expected integers, stride >= 0")
+        max_length, stride = int(max_length), int(stride)
         specials = self._backend.num_special_tokens_to_add(pairs is not None)
         if pairs is None:
             usable = max_length - specials
@@ -152,23 +154,23 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
         _read_json(folder / "config.json").get("model_type"), ""
     )
     family = class_name.removesuffix("Fast").removesuffix("Tokenizer")
+    stored_padding = None
     if (folder / "tokenizer.json").is_file():
         backend = RustTokenizer.from_file(str(folder / "tokenizer.json"))
         stored_padding = backend.padding
+        specials = _special_tokens(folder, settings, family)
     elif (folder / "vocab.txt").is_file():
-        family, stored_padding = "Bert", None
-        backend = None
+        family = "Bert"
+        specials = _special_tokens(folder, settings, family)
+        backend = _wordpiece(folder, settings, specials)
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        family, stored_padding = "Roberta", None
-        backend = None
+        family = "Roberta"
+        specials = _special_tokens(folder, settings, family)
+        backend = _byte_level_bpe(folder, settings, specials)
     else:
         raise FileNotFoundError(
             f"no tokenizer in {folder}: looked for tokenizer.json, vocab.txt (WordPiece), vocab.json + merges.txt (BPE)"
         )
-    specials = _special_tokens(folder, settings, family)
-    if backend is None:
-        build = _wordpiece if family == "Bert" else _byte_level_bpe
-        backend = build(folder, settings, specials)
     _apply_fast_class_edits(backend, settings, family)
     _add_special_tokens(backend, settings, specials)
     backend.encode_special_tokens = bool(settings.get("split_special_tokens", False))
@@ -186,7 +188,7 @@ def _wordpiece(folder: Path, settings: dict, specials: dict) -> RustTokenizer:
     backend = RustTokenizer(WordPiece(vocab, unk_token=unk, continuing_subword_prefix="##", max_input_chars_per_word=100))
     backend.normalizer = _bert_normalizer(settings)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    cls_id, sep_id = (_vocab_id(vocab, token, unk, folder / "vocab.txt") for token in (cls, sep))
+    cls_id, sep_id = (_vocab_id(vocab, token, folder / "vocab.txt") for token in (cls, sep))
     backend.post_processor = processors.TemplateProcessing(
         single=f"{cls}:0 $A:0 {sep}:0",
         pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
@@ -206,11 +208,10 @@ def _byte_level_bpe(folder: Path, settings: dict, specials: dict) -> RustTokeniz
     add_prefix_space = bool(settings.get("add_prefix_space", False))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     backend.decoder = decoders.ByteLevel()
-    unk = _content(specials["unk_token"])
     cls, sep = (_content(specials[k]) for k in ("cls_token", "sep_token"))
     backend.post_processor = processors.RobertaProcessing(
-        sep=(sep, _vocab_id(vocab, sep, unk, folder / "vocab.json")),
-        cls=(cls, _vocab_id(vocab, cls, unk, folder / "vocab.json")),
+        sep=(sep, _vocab_id(vocab, sep, folder / "vocab.json")),
+        cls=(cls, _vocab_id(vocab, cls, folder / "vocab.json")),
         add_prefix_space=add_prefix_space,
         trim_offsets=True,  # overridden from tokenizer_config.json in _apply_fast_class_edits
     )
@@ -236,7 +237,7 @@ def _apply_fast_class_edits(backend: RustTokenizer, settings: dict, family: str)
         state = json.loads(backend.post_processor.__getstate__())
         if "add_prefix_space" in state or "trim_offsets" in state:
             state.update(add_prefix_space=bool(settings.get("add_prefix_space", False)),
-                         trim_offsets=True)
+                         trim_offsets=bool(settings.get("trim_offsets", True)))
             state.update({k: tuple(state[k]) for k in ("sep", "cls") if k in state})
             backend.post_processor = getattr(processors, state.pop("type"))(**state)
     # PreTrainedTokenizerFast (every class) forces the pre-tokenizer's add_prefix_space to the config's.
@@ -287,20 +288,22 @@ def _content(token: str | dict) -> str:
     return token if isinstance(token, str) else token["content"]
 
 
-def _vocab_id(vocab: dict[str, int], token: str, unk: str, path: Path) -> int:
-    if token in vocab:
-        return vocab[token]
-    raise ValueError(f"special token {token!r} is not in {path} (unknown token {unk!r})")
+def _vocab_id(vocab: dict[str, int], token: str, path: Path) -> int:
+    if token not in vocab:
+        raise ValueError(f"special token {token!r} is not in {path}")
+    return vocab[token]
 
 
 def _to_window(encoding) -> Window:
     n = len(encoding.ids)
+    # Flattening the offset tuples first is about twice as fast as np.array on the list of tuples.
+    offsets = np.fromiter(chain.from_iterable(encoding.offsets), np.int32, 2 * n).reshape(n, 2)
     return Window(
         ids=np.array(encoding.ids, dtype=np.int32),
         type_ids=np.array(encoding.type_ids, dtype=np.int8),
-        offsets=np.array(encoding.offsets, dtype=np.int32).reshape(n, 2),
-        sequence_ids=np.fromiter((-1 if s is None else s for s in encoding.sequence_ids), np.int8, n),
-        word_ids=np.fromiter((-1 if w is None else w for w in encoding.word_ids), np.int32, n),
+        offsets=offsets,
+        sequence_ids=np.array([-1 if s is None else s for s in encoding.sequence_ids], dtype=np.int8),
+        word_ids=np.array([-1 if w is None else w for w in encoding.word_ids], dtype=np.int32),
     )
 
 
