@@ -44,9 +44,9 @@ FAMILY = Family(
     architectures=("Bert",),
     parse_config=parse_config,
     renames=BERT_ENCODER_RENAMES + (
-        (r"^pooler\.dense\.", "head.pooler."),
-        (r"^classifier\.", "head.classifier."),
-        (r"^qa_outputs\.", "head.qa."),
+        ("pooler.dense.", "head.pooler."),
+        ("classifier.", "head.classifier."),
+        ("qa_outputs.", "head.qa."),
     ),
     qkv_names=("query", "key", "value"),
     droppable=(r"^pooler\.", r"^cls\.", *BUFFERS),

@@ -56,8 +56,6 @@ def fill_sinusoidal(state: dict, cfg: EncoderConfig) -> None:
         state[key] = sinusoidal_table(cfg.max_position_embeddings, cfg.embedding_size)
 
 
-_LAYER = r"^transformer\.layer\.(\d+)\."
-
 FAMILY = Family(
     name="distilbert",
     model_types=("distilbert",),
@@ -65,18 +63,18 @@ FAMILY = Family(
     architectures=("DistilBert",),
     parse_config=parse_config,
     renames=(
-        (r"^embeddings\.word_embeddings\.", "encoder.embeddings.word."),
-        (r"^embeddings\.position_embeddings\.", "encoder.embeddings.position."),
-        (r"^embeddings\.LayerNorm\.", "encoder.embeddings.norm."),
-        (_LAYER + r"attention\.(q_lin|k_lin|v_lin)\.", r"encoder.layers.\1.mixer.\2."),
-        (_LAYER + r"attention\.out_lin\.", r"encoder.layers.\1.mixer_out."),
-        (_LAYER + r"sa_layer_norm\.", r"encoder.layers.\1.mixer_norm."),
-        (_LAYER + r"ffn\.lin1\.", r"encoder.layers.\1.ffn_up."),
-        (_LAYER + r"ffn\.lin2\.", r"encoder.layers.\1.ffn_down."),
-        (_LAYER + r"output_layer_norm\.", r"encoder.layers.\1.ffn_norm."),
-        (r"^pre_classifier\.", "head.pre_classifier."),
-        (r"^classifier\.", "head.classifier."),
-        (r"^qa_outputs\.", "head.qa."),
+        ("embeddings.word_embeddings.", "encoder.embeddings.word."),
+        ("embeddings.position_embeddings.", "encoder.embeddings.position."),
+        ("embeddings.LayerNorm.", "encoder.embeddings.norm."),
+        ("transformer.layer.{n}.attention.out_lin.", "encoder.layers.{n}.mixer_out."),
+        ("transformer.layer.{n}.attention.", "encoder.layers.{n}.mixer."),
+        ("transformer.layer.{n}.sa_layer_norm.", "encoder.layers.{n}.mixer_norm."),
+        ("transformer.layer.{n}.ffn.lin1.", "encoder.layers.{n}.ffn_up."),
+        ("transformer.layer.{n}.ffn.lin2.", "encoder.layers.{n}.ffn_down."),
+        ("transformer.layer.{n}.output_layer_norm.", "encoder.layers.{n}.ffn_norm."),
+        ("pre_classifier.", "head.pre_classifier."),
+        ("classifier.", "head.classifier."),
+        ("qa_outputs.", "head.qa."),
     ),
     qkv_names=("q_lin", "k_lin", "v_lin"),
     droppable=(r"^vocab_(transform|layer_norm|projector)\.", *BUFFERS),

@@ -89,14 +89,16 @@ def load_model(folder: str | Path, task: str, dtype: torch.dtype = torch.float32
     with torch.device("meta"):
         model = TaskModel(family, config, build_head(family, config, task, folder, pooling, normalize))
     files = weight_files(folder)
-    state, optional = rename(family, read_weights(files))
+    weights = read_weights(files)
+    names = Names(family, list(weights))
+    state, origin, optional = rename(names, weights)
     expected = model.state_dict().keys()
     for name in [k for k in state if k not in expected]:
         if name in optional or (task in ("base", "embed") and name.startswith("head.")):
             del state[name]   # MLM heads, unused poolers, buffers; any task head when embedding
     if family.fill_missing:
         family.fill_missing(state, config)
-    check_state(model, state, task, config)
+    check_state(model, state, names, origin, task, config)
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
     model.fingerprint = fingerprint(files)
     return model.to(device).eval().requires_grad_(False)
@@ -127,56 +129,100 @@ def read_weights(files: list[Path]) -> dict[str, Tensor]:
     return state
 
 
-def rename(family: Family, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], set[str]]:
-    """Checkpoint names → ours, and which of ours came from names the family may leave unused."""
-    has_prefix = any(k.startswith(family.prefix) for k in state)
-    rules = [(re.compile(p), r) for p, r in family.renames]
-    droppable = [re.compile(p) for p in family.droppable]
-    out: dict[str, Tensor] = {}
-    optional: set[str] = set()
-    for name, tensor in state.items():
+def _compile(template: str) -> re.Pattern:
+    return re.compile("^" + re.escape(template).replace(re.escape("{n}"), r"(?P<n>\d+)"))
+
+
+def translate(name: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
+    """Apply the first rule whose prefix template matches; None when none does."""
+    for pattern, target in rules:
+        m = pattern.match(name)
+        if m:
+            return target.replace("{n}", m.groupdict().get("n") or "") + name[m.end():]
+    return None
+
+
+class Names:
+    """Translation between checkpoint names and ours, both ways, for loading and for error messages."""
+
+    def __init__(self, family: Family, checkpoint_names: list[str]):
+        self.family = family
+        self.prefixed = any(k.startswith(family.prefix) for k in checkpoint_names)
+        self.forward = [(_compile(ckpt), ours) for ckpt, ours in family.renames]
+        self.backward = [(_compile(ours), ckpt) for ckpt, ours in family.renames]
+        self.droppable = [re.compile(p) for p in family.droppable]
+
+    def ours(self, name: str) -> tuple[str, bool]:
+        """(our name, whether the family may leave it unused) for a checkpoint name."""
         for pattern, fixed in _LEGACY:
             name = pattern.sub(fixed, name)
-        if has_prefix and name.startswith(family.prefix):
-            name = name[len(family.prefix):]
-        new = next((pattern.sub(repl, name) for pattern, repl in rules if pattern.search(name)), name)
-        out[new] = tensor
-        if any(p.search(name) for p in droppable):
+        if self.prefixed and name.startswith(self.family.prefix):
+            name = name[len(self.family.prefix):]
+        return translate(name, self.forward) or name, any(p.search(name) for p in self.droppable)
+
+    def checkpoint(self, ours: str) -> str:
+        """The checkpoint name a tensor of ours would have in this checkpoint."""
+        name = translate(ours, self.backward) or ours
+        top_level = not ours.startswith("encoder.") and not name.startswith("pooler.")
+        return name if top_level or not self.prefixed else self.family.prefix + name
+
+
+def rename(names: Names, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str], set[str]]:
+    """Checkpoint → our names; also our name → checkpoint name, and ours the family may leave unused."""
+    out: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    optional: set[str] = set()
+    for name, tensor in state.items():
+        new, droppable = names.ours(name)
+        out[new], origin[new] = tensor, name
+        if droppable:
             optional.add(new)
-    return fuse_qkv(out, family.qkv_names), optional
+    return fuse_qkv(out, origin, names.family.qkv_names), origin, optional
 
 
-def fuse_qkv(state: dict[str, Tensor], names: tuple[str, str, str]) -> dict[str, Tensor]:
-    pattern = re.compile(rf"^(.*\.mixer)\.({'|'.join(names)})\.(weight|bias)$")
-    groups: dict[tuple[str, str], dict[str, Tensor]] = {}
-    for key in list(state):
+def fuse_qkv(state: dict[str, Tensor], origin: dict[str, str], parts: tuple[str, str, str]) -> dict[str, Tensor]:
+    """Replace complete query/key/value triples by one `qkv` tensor; incomplete ones stay for the report."""
+    pattern = re.compile(rf"^(.*\.mixer)\.({'|'.join(parts)})\.(weight|bias)$")
+    groups: dict[tuple[str, str], set[str]] = {}
+    for key in state:
         m = pattern.match(key)
         if m:
-            groups.setdefault((m[1], m[3]), {})[m[2]] = state[key]
-    for (module, kind), parts in groups.items():
-        if len(parts) == 3:
-            state[f"{module}.qkv.{kind}"] = torch.cat([parts[n] for n in names])
-            for n in names:
-                del state[f"{module}.{n}.{kind}"]
+            groups.setdefault((m[1], m[3]), set()).add(m[2])
+    for (module, kind), found in groups.items():
+        if len(found) == 3:
+            names = [f"{module}.{p}.{kind}" for p in parts]
+            state[f"{module}.qkv.{kind}"] = torch.cat([state.pop(n) for n in names])
+            origin[f"{module}.qkv.{kind}"] = ", ".join(origin[n] for n in names)
     return state
 
 
-def check_state(model: nn.Module, state: dict[str, Tensor], task: str, config: EncoderConfig) -> None:
+def check_state(model: nn.Module, state: dict[str, Tensor], names: Names, origin: dict[str, str],
+                task: str, config: EncoderConfig) -> None:
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = sorted(f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
+    missing = set(expected) - set(state)
+    unexpected = set(state) - set(expected)
+    for fused in [k for k in missing if ".qkv." in k]:      # report which of q/k/v is absent instead
+        present = {k for k in unexpected if k.startswith(fused.split(".qkv.")[0] + ".")}
+        parts = [fused.replace(".qkv.", f".{p}.") for p in names.family.qkv_names]
+        missing |= {p for p in parts if p not in present}
+        missing.discard(fused)
+        unexpected -= present
+    misshaped = sorted(f"{origin[k]} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
                        for k in set(expected) & set(state) if state[k].shape != expected[k])
     if not (missing or unexpected or misshaped):
         return
     if missing and all(k.startswith("head.") for k in missing) and task in _HEAD_NAMES:
         raise CheckpointError(
             f"this checkpoint has no {_HEAD_NAMES[task]} head for task {task!r}: head weights missing "
-            f"({', '.join(missing)}); its architectures: {list(config.architectures) or 'not stated'}")
-    parts = [f"{label}: {', '.join(items)}" for label, items in
-             (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped)) if items]
-    raise CheckpointError("checkpoint does not match the model — " + "; ".join(parts)
-                          + f". Available names (renamed): {', '.join(sorted(state)[:40])}")
+            f"({', '.join(sorted(names.checkpoint(k) for k in missing))}); "
+            f"its architectures: {list(config.architectures) or 'not stated'}")
+    report = [("missing", sorted(names.checkpoint(k) for k in missing)),
+              ("unexpected", sorted(origin.get(k, k) for k in unexpected)), ("misshaped", misshaped)]
+    available = sorted(n for v in origin.values() for n in v.split(", "))
+    shown = ", ".join(available[:30]) + (f", … ({len(available)} in all)" if len(available) > 30 else "")
+    raise CheckpointError("checkpoint does not match the model — "
+                          + "; ".join(f"{label}: {', '.join(items)}" for label, items in report if items)
+                          + f". Available in the checkpoint: {shown}")
 
 
 def fingerprint(files: list[Path]) -> str:

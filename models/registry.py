@@ -12,7 +12,7 @@ from torch import nn
 from models.config import EncoderConfig
 from models.layers import SelfAttention
 
-Rule = tuple[str, str]   # (regex on a checkpoint name, replacement) — first matching rule wins
+Rule = tuple[str, str]   # (checkpoint name prefix, our name prefix); "{n}" stands for a layer number
 
 
 def attention_mixer(cfg: EncoderConfig) -> nn.Module:
@@ -28,7 +28,7 @@ class Family:
     prefix: str                                   # base-model prefix in task checkpoints ("bert.")
     architectures: tuple[str, ...]                # class-name prefixes in config.json ("Bert", ...)
     parse_config: Callable[[Mapping[str, Any]], EncoderConfig]
-    renames: tuple[Rule, ...]                     # checkpoint name (prefix stripped) → our name
+    renames: tuple[Rule, ...]                     # checkpoint name (prefix stripped) ↔ ours; first match wins
     qkv_names: tuple[str, str, str]               # renamed q/k/v linears, fused into one "qkv"
     droppable: tuple[str, ...]                    # checkpoint names we knowingly ignore (MLM heads, ...)
     classifier: Callable[[EncoderConfig], nn.Module]
@@ -45,24 +45,24 @@ class Family:
 
 # Renames of the BERT-style encoder, shared by BERT, RoBERTa and ConvBERT checkpoints.
 BERT_ENCODER_RENAMES: tuple[Rule, ...] = (
-    (r"^embeddings\.word_embeddings\.", "encoder.embeddings.word."),
-    (r"^embeddings\.position_embeddings\.", "encoder.embeddings.position."),
-    (r"^embeddings\.token_type_embeddings\.", "encoder.embeddings.token_type."),
-    (r"^embeddings\.LayerNorm\.", "encoder.embeddings.norm."),
-    (r"^embeddings_project\.", "encoder.embeddings.project."),
-    (r"^encoder\.layer\.(\d+)\.attention\.self\.", r"encoder.layers.\1.mixer."),
-    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"encoder.layers.\1.mixer_out."),
-    (r"^encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"encoder.layers.\1.mixer_norm."),
-    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"encoder.layers.\1.ffn_up."),
-    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"encoder.layers.\1.ffn_down."),
-    (r"^encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"encoder.layers.\1.ffn_norm."),
+    ("embeddings.word_embeddings.", "encoder.embeddings.word."),
+    ("embeddings.position_embeddings.", "encoder.embeddings.position."),
+    ("embeddings.token_type_embeddings.", "encoder.embeddings.token_type."),
+    ("embeddings.LayerNorm.", "encoder.embeddings.norm."),
+    ("embeddings_project.", "encoder.embeddings.project."),
+    ("encoder.layer.{n}.attention.self.", "encoder.layers.{n}.mixer."),
+    ("encoder.layer.{n}.attention.output.dense.", "encoder.layers.{n}.mixer_out."),
+    ("encoder.layer.{n}.attention.output.LayerNorm.", "encoder.layers.{n}.mixer_norm."),
+    ("encoder.layer.{n}.intermediate.dense.", "encoder.layers.{n}.ffn_up."),
+    ("encoder.layer.{n}.output.dense.", "encoder.layers.{n}.ffn_down."),
+    ("encoder.layer.{n}.output.LayerNorm.", "encoder.layers.{n}.ffn_norm."),
 )
 # Heads whose weights sit beside the base model; classifier.dense/out_proj before plain classifier.
 DENSE_HEAD_RENAMES: tuple[Rule, ...] = (
-    (r"^classifier\.dense\.", "head.dense."),
-    (r"^classifier\.out_proj\.", "head.out_proj."),
-    (r"^classifier\.", "head.classifier."),
-    (r"^qa_outputs\.", "head.qa."),
+    ("classifier.dense.", "head.dense."),
+    ("classifier.out_proj.", "head.out_proj."),
+    ("classifier.", "head.classifier."),
+    ("qa_outputs.", "head.qa."),
 )
 BUFFERS = (r"(^|\.)position_ids$", r"(^|\.)token_type_ids$")
 

@@ -18,14 +18,15 @@ HEADS = ("base", "ner", "classify", "qa")
 
 NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 
-_WORDS = (
+_WORD_LIST = (
     "the a an of in on at to and or is was are were be by for with from as it its this that "
     "john smith mary jones paris london berlin new york acme corp bank city river company "
     "works lives visited met said today tomorrow yesterday big small good bad old young "
     "hello world dog cat house car tree book play run walk talk see go come make take give "
     "who what where when why how which question answer text document long short word "
     "café naïve résumé über straße 東京 北京 日本 中国 😀"
-).split()
+)
+_WORDS = _WORD_LIST.split()
 
 _SAMPLE_TEXT = (
     "John Smith works at Acme Corp in Paris. Mary Jones visited the Bank of London yesterday. "
@@ -120,7 +121,7 @@ def tiny_config(family: str, head: str, vocab_size: int, **overrides) -> transfo
     if family == "convbert":
         kw.update(embedding_size=32, conv_kernel_size=3)
     if head == "ner":
-        kw.update(id2label=dict(enumerate(NER_LABELS)), label2id={l: i for i, l in enumerate(NER_LABELS)})
+        kw.update(id2label=dict(enumerate(NER_LABELS)), label2id={label: i for i, label in enumerate(NER_LABELS)})
     elif head == "classify":
         kw.update(num_labels=3)
     kw.update(overrides)
@@ -169,3 +170,43 @@ def _randomise_norms(model: torch.nn.Module) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")
+
+
+def special_ids(family: str) -> dict[str, int]:
+    """Start, separator and pad ids of the tokenizers written above (RoBERTa pad drives position ids)."""
+    if family in ROBERTA_LIKE:
+        return {"start": 0, "pad": 1, "sep": 2}
+    return {"start": 2, "pad": 0, "sep": 3}
+
+
+def random_batch(
+    family: str, lengths: list[int], vocab_size: int, seed: int = 0, pair: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask, token_type_ids) with the family's special-token layout.
+
+    `lengths` count special tokens. Single: `[CLS] x [SEP]`; pair: `[CLS] a [SEP] b [SEP]` with type
+    ids 1 on the second segment (RoBERTa: `<s> a </s></s> b </s>`, type ids stay 0).
+    """
+    ids = special_ids(family)
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    input_ids = torch.full((len(lengths), width), ids["pad"], dtype=torch.long)
+    attention_mask = torch.zeros((len(lengths), width), dtype=torch.long)
+    token_type_ids = torch.zeros((len(lengths), width), dtype=torch.long)
+    for row, n in enumerate(lengths):
+        # ids below 5 are special tokens in both tokenizers
+        body = torch.randint(5, vocab_size, (n,), generator=g)
+        body[0], body[-1] = ids["start"], ids["sep"]
+        if pair:
+            middle = n // 2
+            body[middle] = ids["sep"]
+            if family in ROBERTA_LIKE:
+                body[middle + 1] = ids["sep"]
+            else:
+                token_type_ids[row, middle + 1 : n] = 1
+        input_ids[row, :n] = body
+        attention_mask[row, :n] = 1
+    return input_ids, attention_mask, token_type_ids
