@@ -2,12 +2,9 @@
 
 from models.config import ConfigError, EncoderConfig
 from models.loading import TASKS, CheckpointError, TaskModel, load_model
+from models.tokenizer import Tokenizer, Window, WindowError, load_tokenizer
 
-__all__ = ["TASKS", "CheckpointError", "ConfigError", "EncoderConfig", "TaskModel", "load_model", "load_tokenizer"]
-
-
-def load_tokenizer(folder):
-    """The checkpoint's tokenizer (see models/tokenizer.py)."""
-    from models.tokenizer import load_tokenizer as load
-
-    return load(folder)
+__all__ = [
+    "TASKS", "CheckpointError", "ConfigError", "EncoderConfig", "TaskModel", "Tokenizer", "Window",
+    "WindowError", "load_model", "load_tokenizer",
+]
