@@ -70,8 +70,12 @@ class Tokenizer:
         self._windowers: dict[tuple[int, int, str], RustTokenizer] = {}
         limit = settings.get("model_max_length")
         self.model_max_length: int | None = int(limit) if limit is not None and limit < _UNSET_MAX_LENGTH else None
-        pad = settings.get("pad_token")
-        self.pad_id: int | None = backend.token_to_id(_content(pad)) if pad is not None else None
+        self.pad_id, self.unk_id, self.cls_id = (self._special_id(settings, key)
+                                                 for key in ("pad_token", "unk_token", "cls_token"))
+
+    def _special_id(self, settings: dict, key: str) -> int | None:
+        token = settings.get(key)
+        return self._backend.token_to_id(_content(token)) if token is not None else None
 
     @property
     def continuing_subword_prefix(self) -> str | None:
