@@ -1,0 +1,130 @@
+"""Command line + YAML → a validated job config, shared by every job in jobs/.
+
+Flags are generated from the config model's fields (`text_column` → `--text-column`), so a new
+option is one field. `--config job.yaml` supplies values; flags given on the command line win.
+Errors are one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import typing
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+
+class UsageError(Exception):
+    """A configuration problem the user must fix; printed as one line."""
+
+
+def build_parser(config_cls: type[BaseModel], prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file with any of the options below (flags win)")
+    for name, field in config_cls.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = "" if field.is_required() or field.default is None else f" (default: {_show(field.default)})"
+        help_text = f"{field.description or ''}{default}"
+        kind = _kind(field.annotation)
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        elif kind is tuple:
+            parser.add_argument(flag, dest=name, nargs="*", metavar="VALUE", default=argparse.SUPPRESS, help=help_text)
+        else:
+            choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
+            parser.add_argument(flag, dest=name, choices=choices, metavar=_metavar(name, choices),
+                                default=argparse.SUPPRESS, help=help_text)
+    return parser
+
+
+def parse_config(config_cls: type[BaseModel], argv: list[str], prog: str, description: str):
+    """Validated config from flags and the optional YAML file; raises UsageError with one line."""
+    args = vars(build_parser(config_cls, prog, description).parse_args(argv))
+    values: dict = {}
+    config_file = args.pop("config", None)
+    if config_file:
+        values.update(_read_yaml(config_file, config_cls))
+    values.update(args)
+    try:
+        return config_cls(**values)
+    except ValidationError as error:
+        raise UsageError(_one_line(error)) from None
+
+
+def fail(prog: str, message: str, status: int = 2) -> typing.NoReturn:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def one_line_reason(error: BaseException) -> str:
+    """`Type: first line` of the root cause: Ray wraps a worker's error in its own exceptions."""
+    chain, stack = [], [error]
+    while stack:
+        current = stack.pop()
+        if any(current is seen for seen in chain):
+            continue
+        chain.append(current)
+        for inner in (getattr(current, "cause", None), current.__cause__, current.__context__):
+            if isinstance(inner, BaseException):
+                stack.append(inner)
+    ours = [e for e in chain if not type(e).__module__.startswith("ray.")]
+    if ours:
+        lines = str(ours[-1]).strip().splitlines()
+        return f"{type(ours[-1]).__name__}: {lines[0] if lines else ''}"
+    # An actor that failed in __init__ reaches the driver as text only: its traceback inside Ray's message.
+    for line in reversed(_ANSI.sub("", "\n".join(str(e) for e in chain)).splitlines()):
+        match = _RAISED.match(line.strip())
+        if match and not match.group(1).startswith("ray."):
+            return f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2)}"
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
+
+
+def _read_yaml(path: str, config_cls: type[BaseModel]) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise UsageError(f"--config {path}: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: expected a mapping of option names to values")
+    values = {str(key).replace("-", "_"): value for key, value in data.items()}
+    unknown = sorted(set(values) - set(config_cls.model_fields))
+    if unknown:
+        raise UsageError(f"--config {path}: unknown options {unknown}; allowed: {sorted(config_cls.model_fields)}")
+    return values
+
+
+def _one_line(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = "--" + "-".join(str(p) for p in item["loc"]).replace("_", "-") if item["loc"] else "config"
+        message = item["msg"].removeprefix("Value error, ")
+        got = f" (got {item['input']!r})" if item["loc"] and item["type"] != "missing" else ""
+        parts.append(f"{where}: {message}{got}")
+    return "; ".join(parts)
+
+
+def _kind(annotation) -> type | None:
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        return bool
+    if annotation is tuple or origin is tuple:
+        return tuple
+    return None
+
+
+def _metavar(name: str, choices) -> str:
+    return "{" + ",".join(choices) + "}" if choices else name.upper()
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return " ".join(value) if value else "none"
+    return str(value)

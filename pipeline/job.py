@@ -1,0 +1,195 @@
+"""Build a job from its config, check everything that can be checked before cluster work, run it, report.
+
+A task (NER, and later classification, QA, embeddings) contributes only its decode stage and
+its result columns (`Task`); reading, validation, tokenization, inference and writing are shared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from pipeline.cli import UsageError
+from pipeline.config import JobConfig
+from pipeline.infer import Infer, InferConfig
+from pipeline.read import InputError, InputFiles, ReadFile, check_columns, list_input_files
+from pipeline.report import format_report, summarize
+from pipeline.sink import ResultWriter, SinkConfig, finish_output, prepare_output
+from pipeline.stage import ERROR, FILE_INDEX, ROW, SOURCE, ChainError, StageSpec, check_chain
+from pipeline.tokenize import Tokenize, TokenizeConfig
+from pipeline.validate import ValidateConfig, ValidateText
+from schemas import results
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What the driver reads from the checkpoint without loading weights."""
+
+    folder: str
+    id2label: tuple[str, ...]
+    fingerprint: str
+    max_tokens: int                 # longest window the position embeddings allow
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str                                               # result schema key, `bertbatch.task`
+    model_task: str                                         # the head `models.load_model` builds
+    decode: Callable[[JobConfig, ModelInfo], StageSpec]     # per-window outputs → result columns
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything the Ray wiring needs, all frozen and picklable."""
+
+    files: InputFiles
+    read: ReadFile
+    validate: StageSpec
+    tokenize: StageSpec
+    infer: StageSpec
+    decode: StageSpec
+    sink: StageSpec
+    docs_per_batch: int
+    tokenizer_actors: int
+    model_actors: int
+    rows_per_file: int
+
+
+def inspect_model(folder: str) -> ModelInfo:
+    from models import CheckpointError, ConfigError
+    from models.loading import fingerprint, read_config, weight_files
+
+    if "://" in folder and not folder.startswith("file://"):
+        raise UsageError(f"--model {folder!r}: only local folders are supported for now")
+    path = Path(folder.removeprefix("file://"))
+    try:
+        family, config = read_config(path)
+        files = weight_files(path)
+    except (CheckpointError, ConfigError) as error:
+        raise UsageError(f"--model {folder!r}: {error}") from None
+    offset = config.pad_token_id + 1 if family.roberta_positions and config.pad_token_id is not None else 0
+    return ModelInfo(str(path), tuple(config.labels), fingerprint(files), config.max_position_embeddings - offset)
+
+
+def resolve_max_length(config: JobConfig, model: ModelInfo) -> int:
+    """--max-length, else the tokenizer's model_max_length, never beyond the position embeddings."""
+    from models import load_tokenizer
+
+    tokenizer = load_tokenizer(model.folder)
+    limit = min(tokenizer.model_max_length or model.max_tokens, model.max_tokens)
+    max_length = config.max_length or limit
+    if max_length > model.max_tokens:
+        raise UsageError(f"--max-length {max_length}: this model takes at most {model.max_tokens} tokens")
+    try:  # the tokenizer's own check of max_length / stride against its special tokens
+        tokenizer.encode_windows(["x"], max_length=max_length, stride=config.stride)
+    except ValueError as error:
+        raise UsageError(f"--max-length/--stride: {error}") from None
+    return max_length
+
+
+def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
+    """Check inputs, model and the stage chain; raise UsageError with one line on any problem."""
+    try:
+        files = list_input_files(config.input)
+        schema = files.schema()
+        required = [("--id-column", config.id_column), ("--text-column", config.text_column)]
+        required += [("--keep-columns", c) for c in config.keep_columns]
+        if config.partition_by:
+            required.append(("--partition-by", config.partition_by))
+        check_columns(schema, required)
+    except InputError as error:
+        raise UsageError(str(error)) from None
+    model = inspect_model(config.model)
+    max_length = resolve_max_length(config, model)
+
+    read_columns = tuple(dict.fromkeys((*config.result_columns, config.text_column)))
+    keep_fields = tuple(schema.field(c) for c in config.result_columns[1:])
+    result_schema = results.result_schema(task.name, schema.field(config.id_column), keep_fields)
+    sink = SinkConfig(
+        output=config.output, result_schema=result_schema,
+        errors_schema=results.errors_schema(schema.field(config.id_column)), id_column=config.id_column,
+        partition_by=config.partition_by, rows_per_file=config.rows_per_file,
+        metadata=provenance(task, config.model, model.fingerprint),
+    )
+    plan = Plan(
+        files=files,
+        read=ReadFile(files, read_columns),
+        validate=StageSpec(ValidateText, ValidateConfig(config.id_column, config.text_column)),
+        tokenize=StageSpec(Tokenize, TokenizeConfig(model.folder, config.text_column, None, max_length, config.stride)),
+        infer=StageSpec(Infer, InferConfig(model.folder, task.model_task, config.batch_tokens, config.device,
+                                           config.dtype)),
+        decode=task.decode(config, model),
+        sink=StageSpec(ResultWriter, sink),
+        docs_per_batch=config.docs_per_batch,
+        tokenizer_actors=config.tokenizer_actors,
+        model_actors=config.model_actors,
+        rows_per_file=config.rows_per_file,
+    )
+    try:
+        check_chain((*read_columns, FILE_INDEX, SOURCE, ROW, ERROR),
+                    [plan.validate, plan.tokenize, plan.infer, plan.decode, plan.sink])
+    except ChainError as error:
+        raise UsageError(str(error)) from None
+    return plan, model, max_length
+
+
+def provenance(task: Task, model: str, fingerprint: str) -> tuple[tuple[str, str], ...]:
+    return (
+        ("bertbatch.task", task.name), ("bertbatch.model", model), ("bertbatch.model_sha256", fingerprint),
+        ("bertbatch.version", version("bertbatch")), ("bertbatch.schema_version", results.SCHEMA_VERSION),
+    )
+
+
+def version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def count_input_rows(files: InputFiles) -> int:
+    """From the Parquet footers: the number every run must account for in results + errors."""
+    total = 0
+    for path in files.paths:
+        with files.fs.open(path, "rb") as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
+
+
+def run_job(config: JobConfig, task: Task) -> dict:
+    """Build, run on Ray, write `_run.json` (+ `_SUCCESS` when complete); return the report."""
+    from pipeline import ray_plan
+
+    if "://" not in config.output:  # workers must not resolve a relative output against their own cwd
+        config = config.model_copy(update={"output": os.path.abspath(config.output)})
+    plan, model, max_length = build_plan(config, task)
+    prepare_output(config.output, config.overwrite)
+    print(f"bertbatch {task.name}: {len(plan.files.paths)} input files under {config.input} -> {config.output} "
+          f"(model {config.model}, sha256 {model.fingerprint[:12]}, max_length {max_length})", flush=True)
+    ray_plan.init_ray()
+    started = time.perf_counter()
+    write_results, placement = ray_plan.execute(plan)
+    wall = time.perf_counter() - started
+    report = summarize(write_results, count_input_rows(plan.files), wall)
+    complete = report["documents"] == report["input_rows"]
+    run = {
+        "task": task.name,
+        "config": {**config.model_dump(), "max_length": max_length},
+        "model": {"path": config.model, "sha256": model.fingerprint, "labels": list(model.id2label)},
+        "schema_version": results.SCHEMA_VERSION,
+        "result_schema": str(plan.sink.config.result_schema.remove_metadata()),
+        "versions": {p: version(p) for p in ("bertbatch", "ray", "torch", "pyarrow", "tokenizers")},
+        "placement": placement,
+        "report": report,
+        "complete": complete,
+    }
+    finish_output(config.output, run, complete)
+    print(format_report(report))
+    return run
+

@@ -1,0 +1,149 @@
+"""The only module that knows about Ray: turns a `Plan` of stages into Ray Data operators.
+
+    one block per file → read+validate (tasks) → tokenize (CPU actor pool) → infer (model actor pool,
+    one GPU each when there are GPUs) → decode (tasks) → ResultDatasink (write tasks)
+
+CPU budget: model actors on CPU get the CPUs left after the tokenizer actors and a reserve for
+the read/decode/write tasks; their torch intra-op threads equal the CPUs they were given (Ray
+sets OMP_NUM_THREADS=1 in workers). Without that reserve the tasks could wait forever for a CPU
+held by an idle actor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterable, Iterator
+
+import pyarrow as pa
+import ray
+from ray.data import ActorPoolStrategy, Datasink
+
+from pipeline.cli import UsageError
+from pipeline.stage import Stage, StageSpec
+
+TASK_CPUS = 0.25            # read/validate and decode tasks are light and short
+# A CPU request different from the decode tasks' keeps Ray from fusing decode into the write: fused,
+# decoding would wait until rows_per_file documents (with all their logits) were bundled for a write.
+WRITE_CPUS = 0.2
+_BUILT: dict[StageSpec, Stage] = {}   # per worker process: stages used by tasks are built once
+
+
+def init_ray() -> None:
+    """Join the cluster under `ray job submit` (RAY_ADDRESS is set there), else start an embedded Ray."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address="auto")
+    else:
+        ray.init()
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    use_gpu: bool
+    tokenizer_cpus: float       # per tokenizer actor
+    model_cpus: float           # per model actor
+    model_threads: int
+
+
+def place(device: str, tokenizer_actors: int, model_actors: int, cluster_cpus: float,
+          cluster_gpus: float) -> Placement:
+    """Resources per actor; model actors get a GPU each when `device` allows and the cluster has them."""
+    use_gpu = device != "cpu" and cluster_gpus >= 1
+    if device == "cuda" and not use_gpu:
+        raise UsageError("--device cuda: the Ray cluster has no GPU; use --device auto or cpu")
+    if use_gpu and model_actors > cluster_gpus:
+        raise UsageError(f"--model-actors {model_actors}: the cluster has {int(cluster_gpus)} GPUs")
+    reserve = max(0.5, 0.25 * cluster_cpus)
+    tokenizer_cpus = min(1.0, 0.25 * cluster_cpus / tokenizer_actors)
+    if use_gpu:
+        return Placement(True, tokenizer_cpus, 1.0, 1)
+    left = cluster_cpus - reserve - tokenizer_cpus * tokenizer_actors
+    model_cpus = round(left / model_actors, 2)
+    if model_cpus < 0.25:
+        raise UsageError(f"--model-actors {model_actors} and --tokenizer-actors {tokenizer_actors} "
+                         f"do not fit in {cluster_cpus:g} CPUs; use fewer actors")
+    return Placement(False, tokenizer_cpus, model_cpus, max(1, math.floor(model_cpus)))
+
+
+def execute(plan) -> tuple[list[dict], dict]:
+    """Run the plan; return (what each write returned, the placement used)."""
+    init_ray()
+    resources = ray.cluster_resources()
+    placement = place(plan.infer.config.device, plan.tokenizer_actors, plan.model_actors,
+                      resources.get("CPU", 1.0), resources.get("GPU", 0.0))
+    infer = dataclasses.replace(
+        plan.infer, config=dataclasses.replace(
+            plan.infer.config, device="cuda" if placement.use_gpu else "cpu",
+            threads=None if placement.use_gpu else placement.model_threads))
+
+    # One block per input file, made on the driver (ray.data.range would need a read task with a whole CPU).
+    n_files = len(plan.files.paths)
+    ds = ray.data.from_items([{"file": i} for i in range(n_files)], override_num_blocks=n_files)
+    ds = ds.map_batches(_read_files, fn_kwargs={"read": plan.read, "validate": plan.validate},
+                        batch_size=1, batch_format="pyarrow", num_cpus=TASK_CPUS)
+    ds = ds.map_batches(_StageActor, fn_constructor_args=(plan.tokenize,), batch_size=plan.docs_per_batch,
+                        batch_format="pyarrow", num_cpus=placement.tokenizer_cpus,
+                        compute=ActorPoolStrategy(size=plan.tokenizer_actors),
+                        # the Rust tokenizer's thread pool would otherwise use every core of the node
+                        runtime_env={"env_vars": {"RAYON_NUM_THREADS": str(max(1, int(placement.tokenizer_cpus)))}})
+    ds = ds.map_batches(_StageActor, fn_constructor_args=(infer,), batch_size=plan.docs_per_batch,
+                        batch_format="pyarrow", num_cpus=placement.model_cpus,
+                        num_gpus=1 if placement.use_gpu else 0,
+                        compute=ActorPoolStrategy(size=plan.model_actors))
+    ds = ds.map_batches(_apply_stage, fn_kwargs={"spec": plan.decode}, batch_size=plan.docs_per_batch,
+                        batch_format="pyarrow", num_cpus=TASK_CPUS)
+    sink = ResultDatasink(plan.sink, plan.rows_per_file)
+    ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
+    return sink.write_results, dataclasses.asdict(placement)
+
+
+def _build(spec: StageSpec) -> Stage:
+    if spec not in _BUILT:
+        _BUILT[spec] = spec.build()
+    return _BUILT[spec]
+
+
+def _read_files(batch: pa.Table, read, validate: StageSpec) -> Iterator[pa.Table]:
+    stage = _build(validate)
+    for file_index in batch.column("file").to_pylist():
+        for table in read(int(file_index)):
+            yield stage(table)
+
+
+def _apply_stage(batch: pa.Table, spec: StageSpec) -> pa.Table:
+    return _build(spec)(batch)
+
+
+class _StageActor:
+    """An actor holding one stage (the tokenizer, or the model) for its lifetime."""
+
+    def __init__(self, spec: StageSpec):
+        self.stage = spec.build()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.stage(batch)
+
+
+class ResultDatasink(Datasink):
+    """Hands each write task's rows (at least `rows_per_file`, bundled by Ray) to the ResultWriter."""
+
+    def __init__(self, spec: StageSpec, rows_per_file: int):
+        self.spec = spec
+        self.rows_per_file = rows_per_file
+        self.write_results: list[dict] = []
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_file
+
+    def write(self, blocks: Iterable, ctx) -> dict:
+        tables = [b for b in blocks if b.num_rows]
+        if not tables:
+            return {"rows": 0, "errors": 0, "files": []}
+        return _build(self.spec)(pa.concat_tables(tables, promote_options="none"))
+
+    def on_write_complete(self, write_result) -> None:
+        self.write_results = list(write_result.write_returns)

@@ -1,0 +1,134 @@
+"""Find the input Parquet files (fsspec: local paths, s3://, globs, folders with hive partitions) and read them.
+
+The unit of reading is one file: `ReadFile` streams it in blocks of at most `block_rows` rows,
+and every row carries `_file` (index in the sorted file list), `_source` (its path) and `_row`
+(its row number in that file), so any output or error row can be traced back to its input.
+Hive folder names (`date=2026-01-01/`) become string columns unless the file has that column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.stage import ERROR, ERROR_TYPE, FILE_INDEX, ROW, SOURCE
+
+GLOB_CHARS = "*?["
+
+
+class InputError(ValueError):
+    """The input cannot be used as configured (no files, a missing column); raised before any cluster work."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InputFiles:
+    """The sorted Parquet files below `uri`, with the filesystem that reads them."""
+
+    uri: str
+    fs: fsspec.AbstractFileSystem
+    root: str                       # the folder the paths are relative to (hive keys are read below it)
+    paths: tuple[str, ...]
+
+    def display(self, path: str) -> str:
+        """The path as a user would write it: with its protocol for remote filesystems."""
+        return path if _is_local(self.fs) else self.fs.unstrip_protocol(path)
+
+    def partition_values(self, path: str) -> dict[str, str]:
+        """`key=value` folder names between the input root and the file."""
+        relative = path[len(self.root):] if path.startswith(self.root) else path
+        parts = relative.strip("/").split("/")[:-1]
+        return dict(part.split("=", 1) for part in parts if "=" in part and not part.startswith("="))
+
+    def schema(self) -> pa.Schema:
+        """The first file's schema plus its hive partition keys (as strings)."""
+        with self.fs.open(self.paths[0], "rb") as handle:
+            schema = pq.read_schema(handle)
+        for key in self.partition_values(self.paths[0]):
+            if key not in schema.names:
+                schema = schema.append(pa.field(key, pa.string()))
+        return schema
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def _hidden(path: str, root: str) -> bool:
+    """Spark/Hive convention: `_`- and `.`-prefixed entries (`_SUCCESS`, `_errors/`, `.tmp`) are not data."""
+    relative = path[len(root):] if path.startswith(root) else path
+    return any(part.startswith(("_", ".")) for part in relative.strip("/").split("/"))
+
+
+def list_input_files(uri: str) -> InputFiles:
+    """Expand a file, a folder (recursively) or a glob into sorted `.parquet` files."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if any(ch in path for ch in GLOB_CHARS):
+        first_glob = min(path.index(ch) for ch in GLOB_CHARS if ch in path)
+        root = path[:first_glob].rsplit("/", 1)[0]
+        found = [p for p in fs.glob(path) if fs.isfile(p)]
+    elif fs.isdir(path):
+        root = path
+        found = [p for p in fs.find(path) if p.endswith(".parquet")]
+    elif fs.exists(path):
+        root, found = path.rsplit("/", 1)[0], [path]
+    else:
+        raise InputError(f"--input {uri!r}: no such file or folder")
+    paths = tuple(sorted(p for p in found if not _hidden(p, root)))
+    if not paths:
+        raise InputError(f"--input {uri!r}: no .parquet files found")
+    return InputFiles(uri=uri, fs=fs, root=root.rstrip("/"), paths=paths)
+
+
+def check_columns(schema: pa.Schema, required: list[tuple[str, str]]) -> None:
+    """`required`: (flag, column it names) pairs; raise one line naming the first missing column."""
+    for flag, column in required:
+        if column not in schema.names:
+            raise InputError(f"{flag} {column!r}: no such column in the input; columns: {', '.join(schema.names)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadFile:
+    """Read one input file (given by its index) as blocks of rows with provenance columns."""
+
+    files: InputFiles
+    columns: tuple[str, ...]        # id, text and passthrough columns, in output order
+    block_rows: int = 4096
+
+    name = "read"
+
+    def __call__(self, file_index: int) -> Iterator[pa.Table]:
+        path = self.files.paths[file_index]
+        partitions = self.files.partition_values(path)
+        with self.files.fs.open(path, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            in_file = [c for c in self.columns if c in parquet.schema_arrow.names]
+            first_row = 0
+            for batch in parquet.iter_batches(batch_size=self.block_rows, columns=in_file):
+                table = pa.Table.from_batches([batch])
+                yield self._with_provenance(table, partitions, file_index, self.files.display(path), first_row)
+                first_row += table.num_rows
+            if first_row == 0:  # an empty file still has a schema downstream stages can rely on
+                empty = parquet.schema_arrow.empty_table().select(in_file)
+                yield self._with_provenance(empty, partitions, file_index, self.files.display(path), 0)
+
+    def _with_provenance(self, table: pa.Table, partitions: dict[str, str], file_index: int,
+                         source: str, first_row: int) -> pa.Table:
+        n = table.num_rows
+        for column in self.columns:
+            if column not in table.column_names:
+                if column not in partitions:
+                    raise InputError(f"column {column!r} missing in {source}")
+                table = table.append_column(column, pa.array([partitions[column]] * n, pa.string()))
+        table = table.select(list(self.columns))
+        return (
+            table.append_column(FILE_INDEX, pa.array([file_index] * n, pa.int32()))
+            .append_column(SOURCE, pa.array([source] * n, pa.string()))
+            .append_column(ROW, pa.array(np.arange(first_row, first_row + n, dtype=np.int64)))
+            .append_column(ERROR, pa.nulls(n, ERROR_TYPE))
+        )

@@ -1,0 +1,157 @@
+"""Write annotated documents: results to `OUTPUT/part-*.parquet`, failures to `OUTPUT/_errors/`.
+
+Every batch is checked against the declared schemas before it is written. Part names are
+deterministic: `part-{file:05d}-{row:012d}.parquet` after the first input row they hold, so a
+rerun of the same input writes the same names (the hook for exactly-once restarts). Each file
+is written under a hidden temporary name and renamed when complete, so readers never see half
+a file. `_run.json` and `_SUCCESS` are written by `finish_output` on the driver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import uuid
+from urllib.parse import quote
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.stage import ERROR, FILE_INDEX, ROW, SOURCE, STAT_PREFIX, Stage
+from schemas import results
+
+ERRORS_DIR = "_errors"
+RUN_FILE = "_run.json"
+SUCCESS_FILE = "_SUCCESS"
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # Hive's name for a null partition value
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkConfig:
+    output: str                                 # folder URI (local path or fsspec URL)
+    result_schema: pa.Schema                    # id, passthrough columns, task columns
+    errors_schema: pa.Schema
+    id_column: str = "id"
+    partition_by: str | None = None             # hive-style folders COL=value/, column left out of the files
+    rows_per_file: int = 100_000
+    metadata: tuple[tuple[str, str], ...] = ()  # Parquet key-value metadata (bertbatch.*)
+
+
+class ResultWriter(Stage):
+    """The last stage: writes one batch (one or a few files) and returns its counters, not a table."""
+
+    name = "sink"
+
+    def __init__(self, config: SinkConfig):
+        self.config = config
+        self.requires, self.adds, self.removes = self.declare(config)
+        self.fs, self.root = fsspec.core.url_to_fs(config.output)
+
+    @classmethod
+    def declare(cls, config: SinkConfig):
+        results_columns = [n for n in config.result_schema.names if n != config.id_column]
+        return (config.id_column, FILE_INDEX, SOURCE, ROW, ERROR, *results_columns), (), ()
+
+    def __call__(self, table: pa.Table) -> dict:
+        table = table.sort_by([(FILE_INDEX, "ascending"), (ROW, "ascending")])
+        failed = pc.is_valid(table.column(ERROR))
+        errors, ok = table.filter(failed), table.filter(pc.invert(failed))
+        files = []
+        if ok.num_rows:
+            files += self._write_results(ok)
+        if errors.num_rows:
+            files += self._write(self._errors_table(errors), ERRORS_DIR, self.config.errors_schema, errors)
+        return {"rows": ok.num_rows, "errors": errors.num_rows, "files": files, **_stat_sums(table)}
+
+    def _write_results(self, ok: pa.Table) -> list[str]:
+        schema = self.config.result_schema
+        table = ok.select(schema.names)
+        results.validate(table, schema)
+        column = self.config.partition_by
+        if column is None:
+            return self._write(table, "", schema, ok)
+        files = []
+        keys = table.column(column).cast(pa.string())
+        for value in pc.unique(keys).to_pylist():
+            mask = pc.is_null(keys) if value is None else pc.fill_null(pc.equal(keys, value), False)
+            folder = f"{column}={NULL_PARTITION if value is None else quote(value, safe='')}"
+            part = table.filter(mask).drop_columns([column])
+            files += self._write(part, folder, schema.remove(schema.get_field_index(column)), ok.filter(mask))
+        return files
+
+    def _errors_table(self, errors: pa.Table) -> pa.Table:
+        error = errors.column(ERROR).combine_chunks()
+        columns = {
+            self.config.id_column: errors.column(self.config.id_column),
+            "source": errors.column(SOURCE), "row": errors.column(ROW),
+            "stage": error.field("stage"), "error": error.field("error"), "message": error.field("message"),
+        }
+        table = pa.table(columns, schema=self.config.errors_schema)
+        results.validate(table, self.config.errors_schema)
+        return table
+
+    def _write(self, table: pa.Table, folder: str, schema: pa.Schema, provenance: pa.Table) -> list[str]:
+        """Split into files of about rows_per_file rows; name each after its first input row.
+
+        `provenance` is row-aligned with `table` and holds the `_file` and `_row` columns.
+        """
+        n_files = max(1, round(table.num_rows / self.config.rows_per_file))
+        bounds = np.linspace(0, table.num_rows, n_files + 1).astype(int)
+        schema = schema.with_metadata(dict(self.config.metadata))
+        directory = "/".join(p for p in (self.root.rstrip("/"), folder) if p)
+        self.fs.makedirs(directory, exist_ok=True)
+        written = []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            first_file = provenance.column(FILE_INDEX)[int(start)].as_py()
+            first_row = provenance.column(ROW)[int(start)].as_py()
+            name = f"part-{first_file:05d}-{first_row:012d}.parquet"
+            final, temporary = f"{directory}/{name}", f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
+            with self.fs.open(temporary, "wb") as handle:
+                pq.write_table(table.slice(start, end - start).cast(schema), handle)
+            self.fs.mv(temporary, final)
+            written.append(final)
+        return written
+
+
+def _stat_sums(table: pa.Table) -> dict:
+    """Sum each `_stat_*` counter over the batch (missing when a stage never ran on these rows)."""
+    sums = {}
+    for name in table.column_names:
+        if name.startswith(STAT_PREFIX):
+            total = pc.sum(table.column(name)).as_py()
+            sums[name[len(STAT_PREFIX):]] = total or 0
+    return sums
+
+
+# What a previous run may have left: the only entries --overwrite deletes (never a user's other files).
+OUR_ENTRIES = re.compile(r"^(part-.*\.parquet|_errors|_run\.json|_SUCCESS|\..*\.tmp|[^/=]+=[^/]*)$")
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    """Refuse to mix runs in one folder: an existing non-empty output needs --overwrite (which empties it)."""
+    fs, root = fsspec.core.url_to_fs(output)
+    entries = fs.ls(root, detail=False) if fs.exists(root) else []
+    if entries:
+        if not overwrite:
+            raise FileExistsError(f"--output {output!r} exists and is not empty; pass --overwrite to replace it")
+        foreign = [e for e in entries if not OUR_ENTRIES.match(e.rstrip("/").rsplit("/", 1)[-1])]
+        if foreign:
+            raise FileExistsError(f"--output {output!r} holds files a run did not write ({foreign[0]}, ...); "
+                                  "refusing to delete them, choose another output")
+        for entry in entries:
+            fs.rm(entry, recursive=True)
+    fs.makedirs(root, exist_ok=True)
+
+
+def finish_output(output: str, run: dict, complete: bool) -> None:
+    """`_run.json` first, then `_SUCCESS` only when every input row is in results or errors."""
+    fs, root = fsspec.core.url_to_fs(output)
+    with fs.open(f"{root.rstrip('/')}/{RUN_FILE}", "w") as handle:
+        json.dump(run, handle, indent=2, default=str)
+    if complete:
+        with fs.open(f"{root.rstrip('/')}/{SUCCESS_FILE}", "w") as handle:
+            handle.write("")

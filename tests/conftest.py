@@ -1,0 +1,69 @@
+"""Shared fixtures: one local Ray per test session (only for tests that ask for it), tiny checkpoints, a corpus."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+WORDS = (  # noqa: SIM905 - a sentence is easier to read than a list of words
+    "John Smith works at Acme Corp in Paris . Mary Jones visited the Bank of London yesterday . "
+    "Hello world , this is a small document about the big city and the old river . "
+    "Who lives in New York ? The company was in Berlin . Café naïve résumé über Straße . "
+    "東京 and 北京 are cities . 😀"
+).split()
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """`ray.init(num_cpus=2)` once per session; shut down at the end."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ner_checkpoint(tmp_path_factory) -> Path:
+    """Tiny random BERT token classifier (BIO labels, 128 positions) with its WordPiece tokenizer."""
+    from tests.checkpoints import make_checkpoint
+
+    folder, _ = make_checkpoint(tmp_path_factory.mktemp("ner-bert"), "bert", "ner")
+    return folder
+
+
+def make_texts(count: int, seed: int = 0) -> list[str]:
+    """Varied lengths: most fit one 128-token window, every fifth needs several."""
+    rng = random.Random(seed)
+    texts = []
+    for i in range(count):
+        length = rng.randint(150, 300) if i % 5 == 4 else rng.randint(1, 40)
+        texts.append(" ".join(rng.choice(WORDS) for _ in range(length)))
+    return texts
+
+
+def write_corpus(folder: Path, shards: int = 3, rows_per_shard: int = 12) -> Path:
+    """Hive-partitioned shards `lang=xx/part-N.parquet` with ids, texts, a date; one null and one empty text."""
+    texts = make_texts(shards * rows_per_shard)
+    texts[3], texts[5] = None, ""
+    for shard in range(shards):
+        rows = range(shard * rows_per_shard, (shard + 1) * rows_per_shard)
+        table = pa.table({
+            "id": pa.array([f"doc-{i:03d}" for i in rows]),
+            "text": pa.array([texts[i] for i in rows], pa.string()),
+            "date": pa.array([f"2026-01-0{1 + i % 3}" for i in rows]),
+        })
+        path = folder / f"lang={'en' if shard % 2 == 0 else 'fr'}" / f"part-{shard}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path, row_group_size=5)
+    return folder

@@ -1,0 +1,72 @@
+"""Flags + YAML → validated job config (no Ray, no model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.cli import UsageError, build_parser, one_line_reason, parse_config
+from pipeline.config import NerConfig
+
+REQUIRED = ["--input", "in/", "--output", "out/", "--model", "m/"]
+
+
+def parse(*argv: str) -> NerConfig:
+    return parse_config(NerConfig, list(argv), "ner_corpus.py", "test")
+
+
+def test_defaults_follow_the_hf_pipeline():
+    config = parse(*REQUIRED)
+    assert (config.aggregation, config.ignore_labels, config.stride, config.device) == ("simple", ("O",), 0, "auto")
+    assert config.result_columns == ("id",)
+
+
+def test_flags_override_yaml(tmp_path):
+    yaml_file = tmp_path / "job.yaml"
+    yaml_file.write_text("input: a/\noutput: b/\nmodel: m/\nbatch-tokens: 100\naggregation: first\n"
+                         "keep_columns: [date, lang]\n")
+    config = parse("--config", str(yaml_file), "--aggregation", "max", "--ignore-labels", "O,MISC")
+    assert (config.input, config.batch_tokens, config.aggregation) == ("a/", 100, "max")
+    assert config.keep_columns == ("date", "lang") and config.ignore_labels == ("O", "MISC")
+
+
+def test_partition_column_is_kept():
+    config = parse(*REQUIRED, "--keep-columns", "date", "--partition-by", "lang")
+    assert config.result_columns == ("id", "date", "lang")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--batch-tokens", "0"], "--batch-tokens: Input should be greater than or equal to 1 (got '0')"),
+    (["--max-length", "64", "--stride", "64"], "stride=64 must be smaller than max_length=64"),
+    (["--keep-columns", "_file"], "reserved for the pipeline"),
+])
+def test_bad_values_give_one_line(argv, message):
+    with pytest.raises(UsageError) as error:
+        parse(*REQUIRED, *argv)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_missing_required_and_unknown_yaml_keys(tmp_path):
+    with pytest.raises(UsageError, match="--model: Field required"):
+        parse("--input", "a", "--output", "b")
+    yaml_file = tmp_path / "job.yaml"
+    yaml_file.write_text("inptu: a/\n")
+    with pytest.raises(UsageError, match=r"unknown options \['inptu'\]"):
+        parse("--config", str(yaml_file))
+
+
+def test_choices_are_enforced_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        build_parser(NerConfig, "ner_corpus.py", "test").parse_args([*REQUIRED, "--aggregation", "mean"])
+    assert "invalid choice: 'mean'" in capsys.readouterr().err
+
+
+def test_one_line_reason_finds_the_root_cause():
+    try:
+        try:
+            raise KeyError("weights")
+        except KeyError as inner:
+            raise RuntimeError("wrapper\nmore") from inner
+    except RuntimeError as error:
+        assert one_line_reason(error) == "KeyError: 'weights'"
+    text_only = RuntimeError("actor died:\nTraceback ...\nmodels.loading.CheckpointError: head missing")
+    assert one_line_reason(text_only) == "RuntimeError: actor died:"

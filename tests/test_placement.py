@@ -1,0 +1,33 @@
+"""How actors are placed on CPUs and GPUs (pure arithmetic; no Ray started)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.cli import UsageError
+from pipeline.ray_plan import place
+
+
+def test_cpu_cluster_leaves_room_for_tasks_and_threads_follow_cpus():
+    placement = place("auto", tokenizer_actors=1, model_actors=1, cluster_cpus=16, cluster_gpus=0)
+    assert not placement.use_gpu
+    assert placement.tokenizer_cpus == 1.0
+    assert placement.model_cpus == 11.0 and placement.model_threads == 11   # 16 - 4 reserved - 1 tokenizer
+    small = place("cpu", 1, 2, cluster_cpus=2, cluster_gpus=0)
+    assert small.model_cpus == 0.5 and small.model_threads == 1
+
+
+def test_gpu_cluster_gives_each_model_actor_a_gpu():
+    placement = place("auto", 2, 1, cluster_cpus=16, cluster_gpus=1)
+    assert placement.use_gpu and placement.model_cpus == 1.0
+    assert not place("cpu", 1, 1, cluster_cpus=16, cluster_gpus=1).use_gpu
+
+
+@pytest.mark.parametrize(("device", "model_actors", "cpus", "gpus", "message"), [
+    ("cuda", 1, 8, 0, "--device cuda: the Ray cluster has no GPU"),
+    ("auto", 2, 8, 1, "--model-actors 2: the cluster has 1 GPUs"),
+    ("cpu", 8, 2, 0, "do not fit in 2 CPUs"),
+])
+def test_impossible_placements_are_refused(device, model_actors, cpus, gpus, message):
+    with pytest.raises(UsageError, match=message):
+        place(device, 1, model_actors, cpus, gpus)

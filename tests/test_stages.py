@@ -1,0 +1,290 @@
+"""Each pipeline stage on tiny Arrow tables, without Ray."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.infer import Infer, InferConfig, micro_batches
+from pipeline.ner_decode import NerWindow, decode_entities
+from pipeline.ner_task import NerDecode, NerDecodeConfig
+from pipeline.read import InputError, ReadFile, check_columns, list_input_files
+from pipeline.report import format_report, summarize
+from pipeline.sink import ResultWriter, SinkConfig, prepare_output
+from pipeline.stage import (
+    ERROR,
+    ERROR_TYPE,
+    FILE_INDEX,
+    OUTPUTS,
+    ROW,
+    SOURCE,
+    WINDOWS,
+    ChainError,
+    StageSpec,
+    check_chain,
+)
+from pipeline.tokenize import Tokenize, TokenizeConfig
+from pipeline.validate import ValidateConfig, ValidateText
+from schemas import results
+from tests.checkpoints import NER_LABELS
+from tests.conftest import make_texts, write_corpus
+
+
+def docs_table(texts, ids=None) -> pa.Table:
+    n = len(texts)
+    return pa.table({
+        "id": pa.array(ids if ids is not None else [f"d{i}" for i in range(n)]),
+        "text": pa.array(texts, pa.string()),
+        FILE_INDEX: pa.array([0] * n, pa.int32()),
+        SOURCE: pa.array(["in.parquet"] * n),
+        ROW: pa.array(range(n), pa.int64()),
+        ERROR: pa.nulls(n, ERROR_TYPE),
+    })
+
+
+# --- read ---------------------------------------------------------------------------------------
+
+def test_list_input_files_folder_glob_file_and_hidden_entries(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    (corpus / "_errors").mkdir()
+    pq.write_table(pa.table({"x": [1]}), corpus / "_errors" / "part-0.parquet")
+    (corpus / "_SUCCESS").write_text("")
+    files = list_input_files(str(corpus))
+    assert [p.rsplit("/", 2)[-2:] for p in files.paths] == [
+        ["lang=en", "part-0.parquet"], ["lang=en", "part-2.parquet"], ["lang=fr", "part-1.parquet"]]
+    globbed = list_input_files(str(corpus / "lang=*" / "*.parquet"))
+    assert len(globbed.paths) == 3 and globbed.partition_values(globbed.paths[2]) == {"lang": "fr"}
+    assert len(list_input_files(files.paths[0]).paths) == 1
+    assert files.partition_values(files.paths[2]) == {"lang": "fr"}
+    assert "lang" in files.schema().names
+    with pytest.raises(InputError, match="no such file"):
+        list_input_files(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no .parquet files"):
+        list_input_files(str(tmp_path / "empty"))
+
+
+def test_read_file_adds_provenance_and_partition_columns(tmp_path):
+    files = list_input_files(str(write_corpus(tmp_path / "corpus")))
+    blocks = list(ReadFile(files, ("id", "text", "lang", "date"), block_rows=5)(2))
+    assert [b.num_rows for b in blocks] == [5, 5, 2]
+    table = pa.concat_tables(blocks)
+    assert table.column_names == ["id", "text", "lang", "date", FILE_INDEX, SOURCE, ROW, ERROR]
+    assert table.column(ROW).to_pylist() == list(range(12))
+    assert set(table.column("lang").to_pylist()) == {"fr"}
+    assert set(table.column(FILE_INDEX).to_pylist()) == {2}
+    assert table.column(SOURCE)[0].as_py().endswith("lang=fr/part-1.parquet")
+    assert table.column(ERROR).null_count == 12
+
+
+def test_check_columns_names_the_flag_and_the_columns():
+    schema = pa.schema([("id", pa.string()), ("body", pa.string())])
+    with pytest.raises(InputError, match=r"--text-column 'text': no such column.*id, body"):
+        check_columns(schema, [("--id-column", "id"), ("--text-column", "text")])
+
+
+# --- validate, chain ----------------------------------------------------------------------------
+
+def test_validate_marks_null_text_and_null_id_keeps_empty_text():
+    table = docs_table(["fine", None, "", "x"], ids=["a", "b", "c", None])
+    out = ValidateText(ValidateConfig())(table)
+    errors = out.column(ERROR).to_pylist()
+    assert errors[0] is None and errors[2] is None
+    assert errors[1]["error"] == "null_text" and errors[1]["stage"] == "validate"
+    assert errors[3]["error"] == "null_id"
+
+
+def test_validate_rejects_non_string_text_column():
+    table = docs_table(["a", "b"]).set_column(1, "text", pa.array([1, 2]))
+    errors = ValidateText(ValidateConfig())(table).column(ERROR).to_pylist()
+    assert [e["error"] for e in errors] == ["text_type", "text_type"]
+    assert "int64" in errors[0]["message"]
+
+
+def test_check_chain_reports_the_missing_column():
+    validate = StageSpec(ValidateText, ValidateConfig(text_column="body"))
+    assert check_chain(["id", "body", ERROR], [validate]) == ["id", "body", ERROR]
+    with pytest.raises(ChainError, match=r"stage 'validate' needs columns \['body'\]"):
+        check_chain(["id", "text", ERROR], [validate])
+
+
+# --- tokenize, infer, decode ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ner_stages(ner_checkpoint):
+    folder = str(ner_checkpoint)
+    tokenize = Tokenize(TokenizeConfig(folder, max_length=32, stride=8))
+    decode = NerDecode(NerDecodeConfig(folder, tuple(NER_LABELS)))
+    return tokenize, decode
+
+
+def test_tokenize_nests_windows_per_document(ner_stages):
+    tokenize, _ = ner_stages
+    texts = make_texts(6)
+    table = ValidateText(ValidateConfig())(docs_table([*texts, None]))
+    out = tokenize(table)
+    expected = tokenize.tokenizer.encode_windows(texts, max_length=32, stride=8)
+    windows = out.column(WINDOWS).to_pylist()
+    assert windows[-1] is None  # the null text stays an error row
+    for doc, want in zip(windows, expected):
+        assert [w["ids"] for w in doc] == [list(map(int, w.ids)) for w in want]
+        assert [w["offsets"] for w in doc] == [np.asarray(w.offsets).tolist() for w in want]
+    assert max(len(d) for d in windows[:-1]) > 1  # some texts needed several windows
+    assert out.column("_stat_windows").to_pylist() == [len(w) for w in expected] + [0]
+    assert out.schema.field(WINDOWS).type.value_type.field("ids").type == pa.list_(pa.int32())
+
+
+def test_micro_batches_respect_the_token_budget():
+    lengths = np.array([5, 30, 12, 30, 7, 100, 1])
+    order, groups = micro_batches(lengths, batch_tokens=60)
+    assert sorted(order[np.concatenate(groups)].tolist()) == list(range(len(lengths)))
+    for group in groups:
+        members = order[group]
+        assert len(members) == 1 or len(members) * lengths[members].max() <= 60
+    assert lengths[order].tolist() == sorted(lengths.tolist(), reverse=True)
+
+
+def test_micro_batches_bound_the_padding_of_each_window():
+    lengths = np.array([400, 390, 310, 290, 40, 30, 25, 20, 5])
+    order, groups = micro_batches(lengths, batch_tokens=100_000)
+    assert [lengths[order[g]].tolist() for g in groups] == [[400, 390, 310], [290], [40, 30, 25], [20, 5]]
+
+
+def test_infer_outputs_do_not_depend_on_batching(ner_stages, ner_checkpoint):
+    tokenize, _ = ner_stages
+    tokenized = tokenize(ValidateText(ValidateConfig())(docs_table([*make_texts(8), None])))
+    outputs = []
+    for budget in (32, 4096):
+        infer = Infer(InferConfig(str(ner_checkpoint), "ner", batch_tokens=budget, device="cpu"))
+        out = infer(tokenized)
+        outputs.append(out.column(OUTPUTS).to_pylist())
+        real, padded = pc_sum(out, "_stat_tokens"), pc_sum(out, "_stat_padded_tokens")
+        assert padded >= real > 0
+    small, large = outputs
+    assert small[-1] is None and large[-1] is None
+    for a, b in zip(small[:-1], large[:-1]):
+        np.testing.assert_allclose(np.array(sum(a, []), dtype=np.float32),
+                                   np.array(sum(b, []), dtype=np.float32), atol=1e-5)
+    first_doc = small[0]
+    assert len(first_doc[0]) == len(tokenized.column(WINDOWS)[0].as_py()[0]["ids"])  # one vector per token
+    assert len(first_doc[0][0]) == len(NER_LABELS)
+
+
+def pc_sum(table, column):
+    return int(np.sum(table.column(column).to_numpy()))
+
+
+def test_ner_decode_equals_decode_entities(ner_stages, ner_checkpoint):
+    tokenize, decode = ner_stages
+    texts = make_texts(6)
+    infer = Infer(InferConfig(str(ner_checkpoint), "ner", device="cpu"))
+    inferred = infer(tokenize(ValidateText(ValidateConfig())(docs_table([*texts, None]))))
+    out = decode(inferred)
+    assert WINDOWS not in out.column_names and OUTPUTS not in out.column_names
+    assert out.schema.field("entities").type == results.task_fields("ner")[0].type
+    entities = out.column("entities").to_pylist()
+    assert entities[-1] is None
+    windows, logits = inferred.column(WINDOWS).to_pylist(), inferred.column(OUTPUTS).to_pylist()
+    for i, text in enumerate(texts):
+        ner_windows = [
+            NerWindow(np.array(w["ids"], np.int32), np.array(w["offsets"], np.int32).reshape(-1, 2),
+                      np.array(w["sequence_ids"]) < 0, np.array(lg, np.float32))
+            for w, lg in zip(windows[i], logits[i])
+        ]
+        want = decode_entities(text, ner_windows, NER_LABELS, "simple", ("O",),
+                               decode.tokenizer.id_to_token, decode.tokenizer.continuing_subword_prefix)
+        assert [(e["label"], e["start"], e["end"], e["text"]) for e in entities[i]] == \
+               [(e["label"], e["start"], e["end"], e["text"]) for e in want]
+        np.testing.assert_allclose([e["score"] for e in entities[i]], [e["score"] for e in want], atol=1e-6)
+
+
+# --- sink, report -------------------------------------------------------------------------------
+
+def _sink_config(tmp_path, **overrides) -> SinkConfig:
+    id_field = pa.field("id", pa.string())
+    config = SinkConfig(
+        output=str(tmp_path / "out"),
+        result_schema=results.result_schema("ner", id_field, (pa.field("lang", pa.string()),)),
+        errors_schema=results.errors_schema(id_field),
+        metadata=(("bertbatch.task", "ner"),), rows_per_file=2,
+    )
+    return dataclasses.replace(config, **overrides)
+
+
+def _annotated(n: int) -> pa.Table:
+    table = docs_table([f"text {i}" for i in range(n)]).append_column("lang", pa.array(["en", "fr"] * (n // 2)))
+    entity = {"label": "PER", "text": "text", "start": 0, "end": 4, "score": 0.5}
+    entities = pa.array([[entity]] * n, type=results.task_fields("ner")[0].type)
+    table = table.append_column("entities", entities).append_column("_stat_tokens", pa.array([3] * n, pa.int64()))
+    errors = table.column(ERROR).to_pylist()
+    errors[1] = {"stage": "tokenize", "error": "ValueError", "message": "bad"}
+    return table.set_column(table.schema.get_field_index(ERROR), ERROR, pa.array(errors, ERROR_TYPE))
+
+
+def test_sink_writes_results_errors_and_metadata(tmp_path):
+    summary = ResultWriter(_sink_config(tmp_path))(_annotated(6))
+    assert (summary["rows"], summary["errors"], summary["tokens"]) == (5, 1, 18)
+    out = tmp_path / "out"
+    parts = sorted(p.name for p in out.glob("part-*.parquet"))
+    assert parts == ["part-00000-000000000000.parquet", "part-00000-000000000003.parquet"]  # ≈ 2 rows per file
+    dataset = pads.dataset(out, format="parquet")  # _errors/ is ignored, as Spark/Hive do
+    assert sorted(dataset.to_table().column("id").to_pylist()) == ["d0", "d2", "d3", "d4", "d5"]
+    assert dataset.schema.field("entities").type == results.task_fields("ner")[0].type
+    assert pq.read_schema(out / parts[0]).metadata[b"bertbatch.task"] == b"ner"
+    errors = pq.read_table(out / "_errors")
+    assert errors.to_pylist() == [
+        {"id": "d1", "source": "in.parquet", "row": 1, "stage": "tokenize", "error": "ValueError", "message": "bad"}]
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_sink_partitions_by_a_column(tmp_path):
+    ResultWriter(_sink_config(tmp_path, partition_by="lang", rows_per_file=100))(_annotated(6))
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["_errors", "lang=en", "lang=fr"]
+    table = pads.dataset(out, format="parquet", partitioning="hive").to_table()
+    assert sorted(zip(table.column("id").to_pylist(), table.column("lang").to_pylist())) == [
+        ("d0", "en"), ("d2", "en"), ("d3", "fr"), ("d4", "en"), ("d5", "fr")]
+
+
+def test_sink_refuses_a_batch_that_does_not_match_the_schema(tmp_path):
+    table = _annotated(2)
+    table = table.set_column(table.schema.get_field_index("lang"), "lang", pa.array([1, 2]))
+    with pytest.raises(results.SchemaMismatch, match="lang: int64 != expected string"):
+        ResultWriter(_sink_config(tmp_path))(table)
+
+
+def test_report_sums_counters_and_formats():
+    writes = [{"rows": 3, "errors": 1, "files": ["a"], "tokens": 30, "padded_tokens": 40, "windows": 4,
+               "seconds_infer": 2.0}, {"rows": 1, "errors": 0, "files": ["b"], "tokens": 10, "padded_tokens": 10,
+                                       "windows": 1, "seconds_infer": 2.0}]
+    report = summarize(writes, input_rows=5, wall_seconds=2.0)
+    assert (report["documents"], report["results"], report["errors"], report["files"]) == (5, 4, 1, 2)
+    assert report["padding_efficiency"] == 0.8 and report["stages"]["infer"]["tokens_per_busy_second"] == 10.0
+    assert "padding efficiency 80.0%" in format_report(report)
+
+
+def test_prepare_output_needs_overwrite_and_never_deletes_foreign_files(tmp_path):
+    out = tmp_path / "out"
+    ResultWriter(_sink_config(tmp_path))(_annotated(4))
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        prepare_output(str(out), overwrite=False)
+    prepare_output(str(out), overwrite=True)
+    assert list(out.iterdir()) == []
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds files a run did not write"):
+        prepare_output(str(out), overwrite=True)
+    assert (out / "notes.txt").exists()
+
+
+def test_infer_keeps_the_output_type_for_a_batch_of_error_rows(ner_stages, ner_checkpoint):
+    tokenize, _ = ner_stages
+    infer = Infer(InferConfig(str(ner_checkpoint), "ner", device="cpu"))
+    only_errors = infer(tokenize(ValidateText(ValidateConfig())(docs_table([None, None]))))
+    normal = infer(tokenize(ValidateText(ValidateConfig())(docs_table(["John Smith"]))))
+    assert only_errors.schema.field(OUTPUTS).type == normal.schema.field(OUTPUTS).type
+    assert only_errors.column(OUTPUTS).to_pylist() == [None, None]
