@@ -1,0 +1,1 @@
+"""bertbatch benchmarks (not installed; run from the repository root)."""

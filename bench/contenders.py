@@ -1,0 +1,123 @@
+"""What the benchmark compares, each run in its own process: `python -m bench.contenders NAME ...`.
+
+Every contender reads the same Parquet corpus, does the whole job (model load included) and
+prints one JSON line with what it did; the parent measures wall time and the process tree's RSS.
+
+  hf-ner      transformers.pipeline("token-classification", aggregation_strategy="simple")
+  st-embed    sentence_transformers.SentenceTransformer.encode
+  bare        bertbatch's own stages in one process: read → tokenize → model → decode, no Ray, no writes
+  matmul      the machine's torch matmul FLOP/s (all cores) in float32 and bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import pyarrow.dataset as pads
+
+
+def read_texts(corpus: str) -> list[str]:
+    return pads.dataset(corpus, format="parquet").to_table(columns=["text"]).column("text").to_pylist()
+
+
+def hf_ner(args) -> dict:
+    from transformers import pipeline
+
+    texts = read_texts(args.corpus)
+    pipe = pipeline("token-classification", model=args.model, aggregation_strategy="simple", device=-1,
+                    stride=args.stride)
+    if args.sort:  # the best a user can do with the pipeline: length-sorted batches
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        texts = [texts[i] for i in order]
+    entities = 0
+    for result in pipe(texts, batch_size=args.batch_size):
+        entities += len(result)
+    return {"docs": len(texts), "entities": entities}
+
+
+def st_embed(args) -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    texts = read_texts(args.corpus)
+    model = SentenceTransformer(args.model, device="cpu")
+    if args.dtype == "bfloat16":
+        model = model.to(dtype=__import__("torch").bfloat16)
+    embeddings = model.encode(texts, batch_size=args.batch_size)
+    return {"docs": len(texts), "dim": int(embeddings.shape[1])}
+
+
+def bare(args) -> dict:
+    """Our stages on whole files in this process: the cost of everything around the model, removed."""
+    import torch
+
+    from pipeline.cli import parse_config
+    from pipeline.job import build_plan
+
+    task, config_cls = _task(args.task)
+    argv = ["--input", args.corpus, "--output", "/nonexistent", "--model", args.model, "--dtype", args.dtype,
+            "--batch-tokens", str(args.batch_tokens), "--stride", str(args.stride)]
+    config = parse_config(config_cls, argv, "bare", "bare loop")
+    plan, _, _ = build_plan(config, task)
+    torch.set_num_threads(torch.get_num_threads())
+    validate, tokenize, infer, decode = (s.build() for s in (plan.validate, plan.tokenize, plan.infer, plan.decode))
+    docs = tokens = padded = 0
+    for file_index in range(len(plan.files.paths)):
+        for table in plan.read(file_index):
+            table = decode(infer(tokenize(validate(table))))
+            docs += table.num_rows
+            tokens += sum(table.column("_stat_tokens").to_pylist()) if "_stat_tokens" in table.column_names else 0
+            padded += sum(table.column("_stat_padded_tokens").to_pylist())
+    return {"docs": docs, "real_tokens": tokens, "padded_tokens": padded}
+
+
+def _task(name: str):
+    if name == "ner":
+        from pipeline.config import NerConfig
+        from pipeline.ner_task import NER_TASK
+
+        return NER_TASK, NerConfig
+    from pipeline.config import EmbedConfig
+    from pipeline.embed_task import EMBED_TASK
+
+    return EMBED_TASK, EmbedConfig
+
+
+def matmul(args) -> dict:
+    import torch
+
+    out = {"threads": torch.get_num_threads()}
+    n = 2048
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < args.seconds:
+            a @ b
+            reps += 1
+        out[str(dtype).removeprefix("torch.")] = 2 * n**3 * reps / (time.perf_counter() - start)
+    return out
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="bench.contenders")
+    parser.add_argument("name", choices=["hf-ner", "st-embed", "bare", "matmul"])
+    parser.add_argument("--corpus")
+    parser.add_argument("--model")
+    parser.add_argument("--task", default="ner")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-tokens", type=int, default=16384)
+    parser.add_argument("--stride", type=int, default=0)
+    parser.add_argument("--sort", action="store_true")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    run = {"hf-ner": hf_ner, "st-embed": st_embed, "bare": bare, "matmul": matmul}[args.name]
+    print("BENCH " + json.dumps(run(args)), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

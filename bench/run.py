@@ -1,0 +1,236 @@
+"""Side-by-side benchmark: bertbatch against what users would run instead, same model, corpus, machine, one run.
+
+    .venv/bin/python bench/run.py --suite cpu      # BERT-base NER + all-MiniLM-L6-v2 embeddings (~20 min on 2 cores)
+    .venv/bin/python bench/run.py --suite smoke    # tiny model and corpus: keeps the harness working (tests)
+
+Every contender runs in its own process and does the whole job, start-up included; wall time and
+the peak RSS of its process tree (Ray workers included) are measured from outside. Prints a table
+and writes bench/RESULTS.md and bench/batch_tokens.png (smoke: into --workdir only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow.dataset as pads
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.workload import bert_base_ner, make_corpus, minilm_folder  # noqa: E402
+
+SUITES = {
+    #          NER docs, NER model size (layers, hidden, heads), embed docs, batch-token sweep
+    "smoke": dict(ner_docs=24, ner_size=(2, 64, 4), embed_docs=24, sweep=(1024, 4096), rss_factor=2),
+    "cpu": dict(ner_docs=1000, ner_size=(12, 768, 12), embed_docs=2000, sweep=(2048, 4096, 8192, 16384, 32768),
+                rss_factor=10),
+}
+
+
+def measure(cmd: list[str], env: dict | None = None) -> dict:
+    """Run `cmd`; return wall seconds, peak RSS of its process tree, and its BENCH line (if any)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+    peak = [0]
+
+    def sample() -> None:
+        root = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = proc.communicate()
+    wall = time.perf_counter() - started
+    sampler.join()
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
+    line = next((ln for ln in output.splitlines() if ln.startswith("BENCH ")), "BENCH {}")
+    return {"seconds": wall, "peak_rss_mb": peak[0] / 2**20, **json.loads(line[6:])}
+
+
+def contender(name: str, **options) -> dict:
+    cmd = [sys.executable, "-m", "bench.contenders", name]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        cmd += [flag] if value is True else [flag, str(value)]
+    return measure(cmd)
+
+
+def our_job(task: str, corpus: Path, model: Path, output: Path, **flags) -> dict:
+    cmd = [sys.executable, f"jobs/{task}_corpus.py", "--input", str(corpus), "--model", str(model),
+           "--output", str(output), "--overwrite"]
+    for key, value in flags.items():
+        cmd += ["--" + key.replace("_", "-"), str(value)]
+    result = measure(cmd, env={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
+    report = json.loads((output / "_run.json").read_text())["report"]
+    return {**result, "docs": report["documents"], "real_tokens": report["real_tokens"],
+            "padding_efficiency": report["padding_efficiency"]}
+
+
+def entity_agreement(a: Path, b: Path) -> float:
+    """Share of documents whose entity lists (label, start, end) are identical."""
+    def load(path: Path) -> dict:
+        table = pads.dataset(path, format="parquet").to_table(columns=["id", "entities"])
+        return {i: [(e["label"], e["start"], e["end"]) for e in ents]
+                for i, ents in zip(table.column("id").to_pylist(), table.column("entities").to_pylist())}
+    left, right = load(a), load(b)
+    return sum(left[i] == right.get(i) for i in left) / max(len(left), 1)
+
+
+def embedding_agreement(a: Path, b: Path) -> float:
+    """The smallest cosine similarity between the two runs' embeddings of the same document."""
+    def load(path: Path) -> dict:
+        table = pads.dataset(path, format="parquet").to_table(columns=["id", "embedding"])
+        return dict(zip(table.column("id").to_pylist(), np.array(table.column("embedding").to_pylist())))
+    left, right = load(a), load(b)
+    worst = 1.0
+    for i, x in left.items():
+        y = right[i]
+        worst = min(worst, float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-12)))
+    return worst
+
+
+def flops_per_token(layers: int, hidden: int, mean_length: float) -> float:
+    """Matmul FLOPs per token of a BERT encoder: projections + FFN + attention scores and context."""
+    return layers * (2 * (4 * hidden * hidden + 2 * hidden * 4 * hidden) + 4 * mean_length * hidden)
+
+
+def run_suite(suite: str, work: Path) -> dict:
+    spec = SUITES[suite]
+    layers, hidden, heads = spec["ner_size"]
+    ner_model = bert_base_ner(work / f"ner-model-{layers}x{hidden}", layers, hidden, heads)
+    ner_corpus = make_corpus(work / f"ner-corpus-{spec['ner_docs']}", spec["ner_docs"])
+    embed_corpus = make_corpus(work / f"embed-corpus-{spec['embed_docs']}", spec["embed_docs"], seed=1)
+    minilm = minilm_folder()
+    r: dict = {"suite": suite, "matmul": contender("matmul")}
+
+    ner = r["ner"] = {}
+    ner["hf_bs1"] = contender("hf-ner", corpus=ner_corpus, model=ner_model, batch_size=1)
+    ner["hf_bs16_sorted"] = contender("hf-ner", corpus=ner_corpus, model=ner_model, batch_size=16, sort=True)
+    for dtype in ("float32", "bfloat16"):
+        ner[f"ours_{dtype}"] = our_job("ner", ner_corpus, ner_model, work / f"out-ner-{dtype}", dtype=dtype)
+        ner[f"bare_{dtype}"] = contender("bare", corpus=ner_corpus, model=ner_model, dtype=dtype)
+    ner["agreement_bf16"] = entity_agreement(work / "out-ner-float32", work / "out-ner-bfloat16")
+
+    emb = r["embed"] = {}
+    emb["st_bs32"] = contender("st-embed", corpus=embed_corpus, model=minilm, batch_size=32)
+    for dtype in ("float32", "bfloat16"):
+        emb[f"ours_{dtype}"] = our_job("embed", embed_corpus, minilm, work / f"out-embed-{dtype}", dtype=dtype)
+        emb[f"bare_{dtype}"] = contender("bare", task="embed", corpus=embed_corpus, model=minilm, dtype=dtype)
+    emb["agreement_bf16"] = embedding_agreement(work / "out-embed-float32", work / "out-embed-bfloat16")
+
+    r["sweep"] = {n: our_job("embed", embed_corpus, minilm, work / "out-sweep", dtype="bfloat16", batch_tokens=n)
+                  for n in spec["sweep"]}
+    big = make_corpus(work / f"embed-corpus-x{spec['rss_factor']}", spec["embed_docs"] * spec["rss_factor"], seed=2)
+    r["rss"] = {"1x": emb["ours_bfloat16"]["peak_rss_mb"],
+                f"{spec['rss_factor']}x": our_job("embed", big, minilm, work / "out-rss", dtype="bfloat16")["peak_rss_mb"]}
+    mean_len = ner["ours_float32"]["real_tokens"] / max(ner["ours_float32"]["docs"], 1)
+    r["flops_per_token"] = flops_per_token(layers, hidden, mean_len)
+    return r
+
+
+def table(r: dict) -> str:
+    def docs_s(x: dict) -> float:
+        return x["docs"] / x["seconds"]
+
+    ner, emb, mm = r["ner"], r["embed"], r["matmul"]
+    best_hf = max(docs_s(ner["hf_bs1"]), docs_s(ner["hf_bs16_sorted"]))
+    rows = ["| workload | contender | docs/s | real tokens/s | padding eff. | peak RSS MB | ratio |", "|---|---|---|---|---|---|---|"]
+
+    def row(workload, name, x, ref):
+        tokens = x.get("real_tokens")
+        rows.append(f"| {workload} | {name} | {docs_s(x):.1f} | {tokens / x['seconds'] if tokens else float('nan'):.0f} | "
+                    f"{x.get('padding_efficiency') or '':} | {x['peak_rss_mb']:.0f} | {docs_s(x) / ref:.2f}× |")
+
+    for name in ("hf_bs1", "hf_bs16_sorted", "ours_float32", "ours_bfloat16", "bare_float32", "bare_bfloat16"):
+        row("NER", name, ner[name], docs_s(ner["hf_bs1"]))
+    for name in ("st_bs32", "ours_float32", "ours_bfloat16", "bare_float32", "bare_bfloat16"):
+        row("embed", name, emb[name], docs_s(emb["st_bs32"]))
+    achieved = {d: ner[f"bare_{d}"]["real_tokens"] / ner[f"bare_{d}"]["seconds"] * r["flops_per_token"]
+                for d in ("float32", "bfloat16")}
+    lines = [
+        "\n".join(rows), "",
+        "| target | measured |", "|---|---|",
+        f"| NER fast (bf16) vs HF batch_size=1 (≥ 3×) | {docs_s(ner['ours_bfloat16']) / docs_s(ner['hf_bs1']):.2f}× |",
+        f"| NER fp32 vs best HF (≥ 1.0×) | {docs_s(ner['ours_float32']) / best_hf:.2f}× |",
+        f"| embed fast (bf16) vs sentence-transformers (≥ 2.5×) | {docs_s(emb['ours_bfloat16']) / docs_s(emb['st_bs32']):.2f}× |",
+        f"| embed fp32 vs sentence-transformers (≥ 1.0×) | {docs_s(emb['ours_float32']) / docs_s(emb['st_bs32']):.2f}× |",
+        f"| NER job vs bare loop, fp32 / bf16 (≥ 0.85×) | {docs_s(ner['ours_float32']) / docs_s(ner['bare_float32']):.2f}× / "
+        f"{docs_s(ner['ours_bfloat16']) / docs_s(ner['bare_bfloat16']):.2f}× |",
+        f"| embed job vs bare loop, fp32 / bf16 (≥ 0.85×) | {docs_s(emb['ours_float32']) / docs_s(emb['bare_float32']):.2f}× / "
+        f"{docs_s(emb['ours_bfloat16']) / docs_s(emb['bare_bfloat16']):.2f}× |",
+        f"| model stage FLOP/s vs matmul, fp32 / bf16 (≥ 60%) | {achieved['float32'] / mm['float32']:.0%} / "
+        f"{achieved['bfloat16'] / mm['bfloat16']:.0%} (matmul {mm['float32'] / 1e9:.0f} / {mm['bfloat16'] / 1e9:.0f} GFLOP/s) |",
+        f"| NER entities bf16 = fp32 (≥ 99% of docs) | {ner['agreement_bf16']:.1%} |",
+        f"| embeddings bf16 vs fp32 cosine (≥ 0.999) | min {emb['agreement_bf16']:.5f} |",
+        f"| peak RSS, 10× corpus / 1× (≤ 1.2) | {list(r['rss'].values())[1] / list(r['rss'].values())[0]:.2f} |",
+    ]
+    return "\n".join(lines)
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = sorted(r["sweep"])
+    ys = [r["sweep"][x]["real_tokens"] / r["sweep"][x]["seconds"] for x in xs]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(xs, ys, marker="o")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("--batch-tokens")
+    ax.set_ylabel("real tokens / s (job, wall)")
+    ax.set_title("embed job, all-MiniLM-L6-v2, bf16")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def write_results(r: dict, text: str, path: Path) -> None:
+    import torch
+
+    versions = {p: __import__(p).__version__ for p in ("torch", "ray", "transformers", "sentence_transformers")}
+    path.write_text(
+        f"# Benchmark results\n\nDate: {datetime.date.today()}  \nMachine: {platform.machine()}, "
+        f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB, torch threads "
+        f"{torch.get_num_threads()}  \nVersions: {versions}  \nSuite: {r['suite']} "
+        f"(command: `.venv/bin/python bench/run.py --suite {r['suite']}`)\n\n{text}\n\n"
+        f"Raw numbers:\n\n```json\n{json.dumps(r, indent=1, default=str)}\n```\n", encoding="utf-8")
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=sorted(SUITES), default="cpu")
+    parser.add_argument("--workdir", type=Path, default=None, help="where corpora, models and outputs go")
+    args = parser.parse_args(argv)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bertbatch-bench-"))
+    r = run_suite(args.suite, work)
+    text = table(r)
+    print(text)
+    target = REPO / "bench" if args.suite == "cpu" else work
+    write_results(r, text, target / "RESULTS.md")
+    plot(r, target / "batch_tokens.png")
+    print(f"wrote {target / 'RESULTS.md'} and {target / 'batch_tokens.png'}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
