@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -29,12 +30,18 @@ def build_parser(config_cls: type[BaseModel], prog: str, description: str) -> ar
         default = "" if field.is_required() or field.default is None else f" (default: {_show(field.default)})"
         help_text = f"{field.description or ''}{default}"
         kind = _kind(field.annotation)
+        if kind is dict:  # nested options (a multi-task run's `tasks`) come from the YAML file only
+            continue
         if kind is bool:
             parser.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        elif kind == "bool | None":  # unset keeps the model's own setting: --flag / --no-flag
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_text)
         elif kind is tuple:
             parser.add_argument(flag, dest=name, nargs="*", metavar="VALUE", default=argparse.SUPPRESS, help=help_text)
         else:
-            choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
+            literal = _without_none(field.annotation)
+            choices = typing.get_args(literal) if typing.get_origin(literal) is typing.Literal else None
             parser.add_argument(flag, dest=name, choices=choices, metavar=_metavar(name, choices),
                                 default=argparse.SUPPRESS, help=help_text)
     return parser
@@ -101,6 +108,11 @@ def _read_yaml(path: str, config_cls: type[BaseModel]) -> dict:
     return values
 
 
+def validation_message(error: ValidationError) -> str:
+    """A pydantic error as one line naming each bad option as its flag."""
+    return _one_line(error)
+
+
 def _one_line(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
@@ -111,13 +123,25 @@ def _one_line(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _kind(annotation) -> type | None:
+def _kind(annotation) -> type | str | None:
     origin = typing.get_origin(annotation)
     if annotation is bool:
         return bool
+    if _without_none(annotation) is bool and annotation is not bool:
+        return "bool | None"
+    if annotation is dict or origin is dict:
+        return dict
     if annotation is tuple or origin is tuple:
         return tuple
     return None
+
+
+def _without_none(annotation):
+    """`X | None` -> X (one X only); anything else unchanged."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
 
 
 def _metavar(name: str, choices) -> str:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from pipeline.classify_decode import FUNCTIONS, WINDOW_AGGREGATIONS
+from pipeline.embed_decode import LONG_TEXT_MODES
 from pipeline.infer import DEVICES, DTYPES
 from pipeline.ner_decode import AGGREGATIONS
 
@@ -23,6 +25,8 @@ class JobConfig(BaseModel):
     text_column: str = Field("text", description="column holding the text to annotate")
     id_column: str = Field("id", description="column identifying each row; copied into results and errors")
     keep_columns: tuple[str, ...] = Field((), description="input columns copied unchanged into the results")
+    max_chars: int = Field(
+        100_000, ge=1, description="longer texts become error rows (text_too_long) instead of being annotated")
     max_length: int | None = Field(
         None, ge=8, description="tokens per window, special tokens included (default: the model's maximum)")
     stride: int = Field(0, ge=0, description="tokens shared by consecutive windows of a long text")
@@ -70,6 +74,113 @@ class NerConfig(JobConfig):
     @classmethod
     def _split_commas(cls, value):
         return _comma_list(value)
+
+
+class ClassifyConfig(JobConfig):
+    function_to_apply: Literal[FUNCTIONS] = Field(
+        "default", description="scores from logits; default: as the HF text-classification pipeline "
+        "(regression: none; multi-label or one label: sigmoid; else softmax)")
+    top_k: int | None = Field(1, ge=1, description="labels kept in `scores`, best first (YAML null: all labels)")
+    all_labels: bool = Field(False, description="keep every label in `scores` (top_k = all)")
+    text_pair_column: str | None = Field(None, description="second text of each pair (NLI, cross-encoder reranking)")
+    window_aggregation: Literal[WINDOW_AGGREGATIONS] = Field(
+        "mean", description="one label per long document: mean of window probabilities, max per label, "
+        "or the first window only")
+
+    @property
+    def effective_top_k(self) -> int | None:
+        return None if self.all_labels else self.top_k
+
+
+class QaConfig(JobConfig):
+    question: str | None = Field(None, description="one question asked of every row's text (the context)")
+    question_column: str | None = Field(None, description="column holding each row's question")
+    top_k: int = Field(1, ge=1, description="answers kept in `answers`, best first")
+    doc_stride: int | None = Field(
+        None, ge=0, description="context tokens shared by consecutive windows (default: min(max_length // 2, 128))")
+    max_answer_len: int = Field(15, ge=1, description="longest answer, in tokens")
+    max_question_len: int = Field(64, ge=1, description="accepted for HF compatibility; fast tokenizers "
+                                  "reject a question that leaves no room for the context")
+    handle_impossible_answer: bool = Field(False, description="allow 'no answer' (answer null) to win")
+
+    @model_validator(mode="after")
+    def _one_question(self):
+        if (self.question is None) == (self.question_column is None):
+            raise ValueError("give exactly one of --question TEXT and --question-column COLUMN")
+        if self.stride:
+            raise ValueError(f"stride={self.stride}: question answering windows with --doc-stride")
+        if self.question_column is not None and self.question_column.startswith("_"):
+            raise ValueError(f"question_column={self.question_column!r}: names starting with '_' are reserved")
+        return self
+
+
+class EmbedConfig(JobConfig):
+    pooling: Literal["cls", "mean", "max"] | None = Field(
+        None, description="pooling of token vectors (default: the model's sentence-transformers config, else mean)")
+    normalize: bool | None = Field(
+        None, description="L2-normalise embeddings (default: as the model's sentence-transformers modules)")
+    long_text: Literal[LONG_TEXT_MODES] = Field(
+        "truncate", description="truncate: first window only, as sentence-transformers; mean: token-weighted "
+        "mean of all windows")
+    embedding_dtype: Literal["float32", "float16"] = Field("float32", description="type of the stored embedding")
+
+
+# Task name (`task:` in a multi-task YAML) -> its config class.
+TASK_CONFIGS: dict[str, type[JobConfig]] = {
+    "ner": NerConfig, "classify": ClassifyConfig, "qa": QaConfig, "embed": EmbedConfig,
+}
+# Options a task of a multi-task run may set for itself; every other option is shared by the run.
+PER_TASK_OPTIONS = ("model", "max_length", "stride", "batch_tokens")
+
+
+def _multi_fields() -> dict:
+    fields = {name: (f.annotation, f) for name, f in JobConfig.model_fields.items() if name != "model"}
+    fields["tasks"] = (dict[str, dict], Field(
+        description="YAML only: result column -> {task: ner|classify|qa|embed, model: FOLDER, its options}"))
+    return fields
+
+
+class _MultiBase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="after")
+    def _check_tasks(self):
+        self.task_configs()
+        return self
+
+    def task_configs(self) -> list[tuple[str, str, JobConfig]]:
+        """(result column, task name, the task's full config) per entry of `tasks`, in YAML order."""
+        from pydantic import ValidationError
+
+        if not self.tasks:
+            raise ValueError("tasks: name at least one task")
+        shared = self.model_dump(exclude={"tasks"}, exclude_unset=True)
+        taken = {self.id_column, *self.keep_columns, *([self.partition_by] if self.partition_by else [])}
+        configs = []
+        for column, entry in self.tasks.items():
+            if column.startswith("_") or column in taken:
+                raise ValueError(f"tasks.{column}: result column names must not start with '_' nor repeat "
+                                 f"an input column kept in the results ({sorted(taken)})")
+            entry = {str(k).replace("-", "_"): v for k, v in (entry or {}).items()}
+            kind = entry.pop("task", None)
+            if kind not in TASK_CONFIGS:
+                raise ValueError(f"tasks.{column}.task={kind!r}: expected one of {', '.join(TASK_CONFIGS)}")
+            config_cls = TASK_CONFIGS[kind]
+            own = set(config_cls.model_fields) - set(JobConfig.model_fields) | set(PER_TASK_OPTIONS)
+            foreign = sorted(set(entry) - own)
+            if foreign:
+                raise ValueError(f"tasks.{column}: options {foreign} are not per-task; allowed: {sorted(own)}")
+            try:
+                configs.append((column, kind, config_cls(**{**shared, **entry})))
+            except ValidationError as error:
+                from pipeline.cli import validation_message
+
+                raise ValueError(f"tasks.{column}: {validation_message(error)}") from None
+        return configs
+
+
+MultiConfig = create_model("MultiConfig", __base__=_MultiBase, **_multi_fields())
+MultiConfig.__doc__ = "Several tasks over one read and one write of the corpus: shared options + `tasks`."
 
 
 def _comma_list(value):

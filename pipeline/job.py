@@ -13,17 +13,23 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from pipeline.cli import UsageError
 from pipeline.config import JobConfig
 from pipeline.infer import Infer, InferConfig
-from pipeline.read import InputError, InputFiles, ReadFile, check_columns, list_input_files
+from pipeline.read import (
+    Footers,
+    InputError,
+    InputFiles,
+    ReadFile,
+    check_columns,
+    list_input_files,
+    scan_footers,
+)
 from pipeline.report import format_report, summarize
-from pipeline.sink import ResultWriter, SinkConfig, finish_output, prepare_output
+from pipeline.sink import ResultWriter, SinkConfig, finish_output
 from pipeline.stage import ERROR, FILE_INDEX, ROW, SOURCE, ChainError, StageSpec, check_chain
 from pipeline.tokenize import Tokenize, TokenizeConfig
-from pipeline.validate import ValidateConfig, ValidateText
+from pipeline.validate import ValidateConfig, ValidateText, check_text_column
 from schemas import results
 
 
@@ -38,10 +44,33 @@ class ModelInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class Feed:
+    """How a task's model gets its windows: the tokenize stage and what it needs besides id and text."""
+
+    tokenize: StageSpec
+    max_length: int | dict[str, int]                    # tokens per window (per result column: multi-task)
+    columns: tuple[tuple[str, str], ...] = ()           # (flag, input column) the task reads besides the text
+    model_options: tuple[tuple[str, object], ...] = ()  # extra `load_model` keywords (pooling, normalize)
+    infer: StageSpec | None = None                      # None: `Infer` of the task's head on config.model
+
+
+def text_feed(config: JobConfig, model: ModelInfo) -> Feed:
+    """The default: the text column alone, windows of --max-length with --stride."""
+    max_length = resolve_max_length(config, model)
+    return Feed(StageSpec(Tokenize, TokenizeConfig(model.folder, config.text_column, None, max_length,
+                                                   config.stride)), max_length)
+
+
+@dataclasses.dataclass(frozen=True)
 class Task:
     name: str                                               # result schema key, `bertbatch.task`
     model_task: str                                         # the head `models.load_model` builds
     decode: Callable[[JobConfig, ModelInfo], StageSpec]     # per-window outputs → result columns
+    feed: Callable[[JobConfig, ModelInfo], Feed] = text_feed
+    # The task's result columns when they depend on the model or options (embedding width); None:
+    # the fixed columns of `schemas.results.TASK_COLUMNS[name]`.
+    fields: Callable[[JobConfig, ModelInfo], tuple] | None = None
+    inspect: Callable[[JobConfig], ModelInfo] | None = None  # None: inspect_model(config.model)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +88,7 @@ class Plan:
     tokenizer_actors: int
     model_actors: int
     rows_per_file: int
+    footers: Footers                # rows per input file; shards whose footer cannot be read
 
 
 def inspect_model(folder: str) -> ModelInfo:
@@ -95,22 +125,26 @@ def resolve_max_length(config: JobConfig, model: ModelInfo) -> int:
 
 def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
     """Check inputs, model and the stage chain; raise UsageError with one line on any problem."""
+    model = task.inspect(config) if task.inspect else inspect_model(config.model)
+    feed = task.feed(config, model)
+    max_length = feed.max_length
+    read_columns = tuple(dict.fromkeys((*config.result_columns, config.text_column, *(c for _, c in feed.columns))))
     try:
         files = list_input_files(config.input)
-        schema = files.schema()
+        footers = scan_footers(files, read_columns)
+        schema = files.schema(footers.first_readable)
         required = [("--id-column", config.id_column), ("--text-column", config.text_column)]
         required += [("--keep-columns", c) for c in config.keep_columns]
         if config.partition_by:
             required.append(("--partition-by", config.partition_by))
-        check_columns(schema, required)
-    except InputError as error:
+        check_columns(schema, [*required, *feed.columns])
+        check_text_column(schema, config.text_column)
+    except (InputError, ValueError) as error:
         raise UsageError(str(error)) from None
-    model = inspect_model(config.model)
-    max_length = resolve_max_length(config, model)
 
-    read_columns = tuple(dict.fromkeys((*config.result_columns, config.text_column)))
     keep_fields = tuple(schema.field(c) for c in config.result_columns[1:])
-    result_schema = results.result_schema(task.name, schema.field(config.id_column), keep_fields)
+    task_fields = task.fields(config, model) if task.fields else None
+    result_schema = results.result_schema(task.name, schema.field(config.id_column), keep_fields, task_fields)
     sink = SinkConfig(
         output=config.output, result_schema=result_schema,
         errors_schema=results.errors_schema(schema.field(config.id_column)), id_column=config.id_column,
@@ -120,16 +154,18 @@ def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
     plan = Plan(
         files=files,
         read=ReadFile(files, read_columns),
-        validate=StageSpec(ValidateText, ValidateConfig(config.id_column, config.text_column)),
-        tokenize=StageSpec(Tokenize, TokenizeConfig(model.folder, config.text_column, None, max_length, config.stride)),
-        infer=StageSpec(Infer, InferConfig(model.folder, task.model_task, config.batch_tokens, config.device,
-                                           config.dtype)),
+        validate=StageSpec(ValidateText, ValidateConfig(config.id_column, config.text_column, config.max_chars)),
+        tokenize=feed.tokenize,
+        infer=feed.infer or StageSpec(Infer, InferConfig(model.folder, task.model_task, config.batch_tokens,
+                                                         config.device, config.dtype,
+                                                         model_options=feed.model_options)),
         decode=task.decode(config, model),
         sink=StageSpec(ResultWriter, sink),
         docs_per_batch=config.docs_per_batch,
         tokenizer_actors=config.tokenizer_actors,
         model_actors=config.model_actors,
         rows_per_file=config.rows_per_file,
+        footers=footers,
     )
     try:
         check_chain((*read_columns, FILE_INDEX, SOURCE, ROW, ERROR),
@@ -153,31 +189,43 @@ def version(package: str) -> str:
         return "unknown"
 
 
-def count_input_rows(files: InputFiles) -> int:
-    """From the Parquet footers: the number every run must account for in results + errors."""
-    total = 0
-    for path in files.paths:
-        with files.fs.open(path, "rb") as handle:
-            total += pq.ParquetFile(handle).metadata.num_rows
-    return total
-
-
 def run_job(config: JobConfig, task: Task) -> dict:
-    """Build, run on Ray, write `_run.json` (+ `_SUCCESS` when complete); return the report."""
-    from pipeline import ray_plan
+    """Build, start or resume in the output (docs/restart.md), run on Ray, write `_run.json` (+ `_SUCCESS`)."""
+    from pipeline import ledger, ray_plan, restart
 
     if "://" not in config.output:  # workers must not resolve a relative output against their own cwd
         config = config.model_copy(update={"output": os.path.abspath(config.output)})
     plan, model, max_length = build_plan(config, task)
-    prepare_output(config.output, config.overwrite)
+    identity = restart.job_identity(task.name, config, model.fingerprint, plan.files)
+    start = restart.open_output(config.output, identity, config.overwrite)
+    if start.finished is not None:
+        print(f"bertbatch {task.name}: {config.output} is already complete (_SUCCESS, "
+              f"{start.finished['report']['documents']} rows); nothing to do", flush=True)
+        return start.finished
+    plan, pending = restart.resume_plan(plan, start)
     print(f"bertbatch {task.name}: {len(plan.files.paths)} input files under {config.input} -> {config.output} "
-          f"(model {config.model}, sha256 {model.fingerprint[:12]}, max_length {max_length})", flush=True)
-    ray_plan.init_ray()
+          f"(model {config.model}, sha256 {model.fingerprint[:12]}, max_length {max_length}; run {start.run}, "
+          f"{len(pending)} files to do)", flush=True)
+    if os.environ.get(ledger.KILL_ENV):  # the test hook in workers kills this driver
+        os.environ.setdefault(ledger.DRIVER_PID_ENV, str(os.getpid()))
+    restart.record_unreadable(plan)
+    ledger.kill_point("start")
     started = time.perf_counter()
-    write_results, placement = ray_plan.execute(plan)
+    placement, failure = {}, None
+    if pending:
+        ray_plan.init_ray()
+        try:
+            placement = ray_plan.execute(plan, pending)[1]
+        except Exception as error:
+            if not restart.worker_died(error):
+                raise
+            failure = restart.fail_remaining(plan, config.output, error)
     wall = time.perf_counter() - started
-    report = summarize(write_results, count_input_rows(plan.files), wall)
-    complete = report["documents"] == report["input_rows"]
+    progress = ledger.recover(config.output)
+    input_rows = sum(n for n in plan.footers.rows if n is not None)
+    report = summarize([{**e["counters"], "files": e["files"]} for e in progress.entries], input_rows, wall)
+    report["unreadable_files"] = [plan.files.display(plan.files.paths[i]) for i, _ in plan.footers.unreadable]
+    complete = report["documents"] == input_rows and not plan.footers.unreadable
     run = {
         "task": task.name,
         "config": {**config.model_dump(), "max_length": max_length},
@@ -186,10 +234,12 @@ def run_job(config: JobConfig, task: Task) -> dict:
         "result_schema": str(plan.sink.config.result_schema.remove_metadata()),
         "versions": {p: version(p) for p in ("bertbatch", "ray", "torch", "pyarrow", "tokenizers")},
         "placement": placement,
+        "inputs": identity["inputs"],
+        "runs": restart.run_counts(config.output, progress),
+        "worker_failure": failure,
         "report": report,
         "complete": complete,
     }
     finish_output(config.output, run, complete)
     print(format_report(report))
     return run
-

@@ -21,12 +21,17 @@ import ray
 from ray.data import ActorPoolStrategy, Datasink
 
 from pipeline.cli import UsageError
+from pipeline.ledger import kill_point
 from pipeline.stage import Stage, StageSpec
 
 TASK_CPUS = 0.25            # read/validate and decode tasks are light and short
 # A CPU request different from the decode tasks' keeps Ray from fusing decode into the write: fused,
 # decoding would wait until rows_per_file documents (with all their logits) were bundled for a write.
 WRITE_CPUS = 0.2
+# Ray Data restarts a dead actor, and retries its task, forever by default: a batch that kills its
+# actor every time would hang the job. Bounded, the run fails instead and job.py accounts for the rows.
+ACTOR_RETRIES = {"max_restarts": 2, "max_task_retries": 2}
+TASK_RETRIES = 2            # read/decode/write tasks whose worker process died
 _BUILT: dict[StageSpec, Stage] = {}   # per worker process: stages used by tasks are built once
 
 
@@ -68,8 +73,8 @@ def place(device: str, tokenizer_actors: int, model_actors: int, cluster_cpus: f
     return Placement(False, tokenizer_cpus, model_cpus, max(1, math.floor(model_cpus)))
 
 
-def execute(plan) -> tuple[list[dict], dict]:
-    """Run the plan; return (what each write returned, the placement used)."""
+def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], dict]:
+    """Run the plan over the given input files (default: all); return (what each write returned, placement)."""
     init_ray()
     resources = ray.cluster_resources()
     placement = place(plan.infer.config.device, plan.tokenizer_actors, plan.model_actors,
@@ -80,23 +85,25 @@ def execute(plan) -> tuple[list[dict], dict]:
             threads=None if placement.use_gpu else placement.model_threads))
 
     # One block per input file, made on the driver (ray.data.range would need a read task with a whole CPU).
-    n_files = len(plan.files.paths)
-    ds = ray.data.from_items([{"file": i} for i in range(n_files)], override_num_blocks=n_files)
+    if file_indices is None:
+        file_indices = list(range(len(plan.files.paths)))
+    ds = ray.data.from_items([{"file": i} for i in file_indices], override_num_blocks=len(file_indices))
     ds = ds.map_batches(_read_files, fn_kwargs={"read": plan.read, "validate": plan.validate},
-                        batch_size=1, batch_format="pyarrow", num_cpus=TASK_CPUS)
+                        batch_size=1, batch_format="pyarrow", num_cpus=TASK_CPUS, max_retries=TASK_RETRIES)
     ds = ds.map_batches(_StageActor, fn_constructor_args=(plan.tokenize,), batch_size=plan.docs_per_batch,
                         batch_format="pyarrow", num_cpus=placement.tokenizer_cpus,
                         compute=ActorPoolStrategy(size=plan.tokenizer_actors),
                         # the Rust tokenizer's thread pool would otherwise use every core of the node
-                        runtime_env={"env_vars": {"RAYON_NUM_THREADS": str(max(1, int(placement.tokenizer_cpus)))}})
+                        runtime_env={"env_vars": {"RAYON_NUM_THREADS": str(max(1, int(placement.tokenizer_cpus)))}},
+                        **ACTOR_RETRIES)
     ds = ds.map_batches(_StageActor, fn_constructor_args=(infer,), batch_size=plan.docs_per_batch,
                         batch_format="pyarrow", num_cpus=placement.model_cpus,
                         num_gpus=1 if placement.use_gpu else 0,
-                        compute=ActorPoolStrategy(size=plan.model_actors))
+                        compute=ActorPoolStrategy(size=plan.model_actors), **ACTOR_RETRIES)
     ds = ds.map_batches(_apply_stage, fn_kwargs={"spec": plan.decode}, batch_size=plan.docs_per_batch,
-                        batch_format="pyarrow", num_cpus=TASK_CPUS)
+                        batch_format="pyarrow", num_cpus=TASK_CPUS, max_retries=TASK_RETRIES)
     sink = ResultDatasink(plan.sink, plan.rows_per_file)
-    ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
+    ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS, "max_retries": TASK_RETRIES})
     return sink.write_results, dataclasses.asdict(placement)
 
 
@@ -110,6 +117,7 @@ def _read_files(batch: pa.Table, read, validate: StageSpec) -> Iterator[pa.Table
     stage = _build(validate)
     for file_index in batch.column("file").to_pylist():
         for table in read(int(file_index)):
+            kill_point("read")
             yield stage(table)
 
 
@@ -124,6 +132,9 @@ class _StageActor:
         self.stage = spec.build()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.stage.name == "infer":  # test hooks: kill the driver, or this actor, mid-inference
+            kill_point("infer")
+            kill_point("model_actor")
         return self.stage(batch)
 
 

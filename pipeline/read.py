@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.ledger import committed_mask
 from pipeline.stage import ERROR, ERROR_TYPE, FILE_INDEX, ROW, SOURCE
 
 GLOB_CHARS = "*?["
@@ -44,11 +45,11 @@ class InputFiles:
         parts = relative.strip("/").split("/")[:-1]
         return dict(part.split("=", 1) for part in parts if "=" in part and not part.startswith("="))
 
-    def schema(self) -> pa.Schema:
-        """The first file's schema plus its hive partition keys (as strings)."""
-        with self.fs.open(self.paths[0], "rb") as handle:
+    def schema(self, index: int = 0) -> pa.Schema:
+        """A file's schema (the first file's by default) plus its hive partition keys (as strings)."""
+        with self.fs.open(self.paths[index], "rb") as handle:
             schema = pq.read_schema(handle)
-        for key in self.partition_values(self.paths[0]):
+        for key in self.partition_values(self.paths[index]):
             if key not in schema.names:
                 schema = schema.append(pa.field(key, pa.string()))
         return schema
@@ -93,12 +94,47 @@ def check_columns(schema: pa.Schema, required: list[tuple[str, str]]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class Footers:
+    """Per input file its row count, or None when its footer cannot be read (with the reason)."""
+
+    rows: tuple[int | None, ...]
+    unreadable: tuple[tuple[int, str], ...]
+    first_readable: int
+
+
+def scan_footers(files: InputFiles, columns: tuple[str, ...]) -> Footers:
+    """Read every footer on the driver: row counts, unreadable shards, and shards disagreeing on a column's type."""
+    rows, unreadable, types = [], [], {}
+    for index, path in enumerate(files.paths):
+        try:
+            schema = files.schema(index)
+            with files.fs.open(path, "rb") as handle:
+                rows.append(pq.ParquetFile(handle).metadata.num_rows)
+        except (OSError, pa.ArrowException) as error:
+            rows.append(None)
+            unreadable.append((index, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"))
+            continue
+        for column in columns:
+            kind = str(schema.field(column).type) if column in schema.names else "missing"
+            seen = types.setdefault(column, (kind, path))
+            if seen[0] != kind:
+                raise InputError(f"input shards disagree on column {column!r}: {files.display(seen[1])} has "
+                                 f"{seen[0]}, {files.display(path)} has {kind}")
+    if len(unreadable) == len(files.paths):
+        raise InputError(f"--input {files.uri!r}: no readable Parquet file ({unreadable[0][1]})")
+    first = next(i for i, n in enumerate(rows) if n is not None)
+    return Footers(tuple(rows), tuple(unreadable), first)
+
+
+@dataclasses.dataclass(frozen=True)
 class ReadFile:
     """Read one input file (given by its index) as blocks of rows with provenance columns."""
 
     files: InputFiles
     columns: tuple[str, ...]        # id, text and passthrough columns, in output order
     block_rows: int = 4096
+    # (file index, merged [start, end) ranges) already in the output: a restart leaves these rows out
+    committed: tuple[tuple[int, tuple[tuple[int, int], ...]], ...] = ()
 
     name = "read"
 
@@ -109,10 +145,15 @@ class ReadFile:
             parquet = pq.ParquetFile(handle)
             in_file = [c for c in self.columns if c in parquet.schema_arrow.names]
             first_row = 0
+            done = dict(self.committed).get(file_index, ())
             for batch in parquet.iter_batches(batch_size=self.block_rows, columns=in_file):
                 table = pa.Table.from_batches([batch])
-                yield self._with_provenance(table, partitions, file_index, self.files.display(path), first_row)
+                block = self._with_provenance(table, partitions, file_index, self.files.display(path), first_row)
                 first_row += table.num_rows
+                if done:
+                    block = block.filter(~committed_mask(block.column(ROW).to_numpy(), list(done)))
+                if block.num_rows or not done:
+                    yield block
             if first_row == 0:  # an empty file still has a schema downstream stages can rely on
                 empty = parquet.schema_arrow.empty_table().select(in_file)
                 yield self._with_provenance(empty, partitions, file_index, self.files.display(path), 0)

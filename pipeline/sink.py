@@ -2,9 +2,10 @@
 
 Every batch is checked against the declared schemas before it is written. Part names are
 deterministic: `part-{file:05d}-{row:012d}.parquet` after the first input row they hold, so a
-rerun of the same input writes the same names (the hook for exactly-once restarts). Each file
-is written under a hidden temporary name and renamed when complete, so readers never see half
-a file. `_run.json` and `_SUCCESS` are written by `finish_output` on the driver.
+rerun of the same input writes the same names. Each file is written under a hidden temporary
+name and renamed when complete, so readers never see half a file; then one ledger entry
+(`pipeline/ledger.py`) commits the batch's files and input rows (docs/restart.md).
+`_run.json` and `_SUCCESS` are written by `finish_output` on the driver.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.ledger import commit, kill_point, row_ranges
 from pipeline.stage import ERROR, FILE_INDEX, ROW, SOURCE, STAT_PREFIX, Stage
 from schemas import results
 
@@ -39,6 +41,7 @@ class SinkConfig:
     partition_by: str | None = None             # hive-style folders COL=value/, column left out of the files
     rows_per_file: int = 100_000
     metadata: tuple[tuple[str, str], ...] = ()  # Parquet key-value metadata (bertbatch.*)
+    run: int = 1                                # which run of this output writes (the ledger counts per run)
 
 
 class ResultWriter(Stage):
@@ -65,7 +68,14 @@ class ResultWriter(Stage):
             files += self._write_results(ok)
         if errors.num_rows:
             files += self._write(self._errors_table(errors), ERRORS_DIR, self.config.errors_schema, errors)
-        return {"rows": ok.num_rows, "errors": errors.num_rows, "files": files, **_stat_sums(table)}
+        counters = {"rows": ok.num_rows, "errors": errors.num_rows, **_stat_sums(table)}
+        kill_point("write")
+        if table.num_rows:  # the ledger entry is the commit: files renamed before it are orphans until then
+            relative = [f[len(self.root.rstrip("/")):].lstrip("/") for f in files]
+            ranges = row_ranges(table.column(FILE_INDEX).to_numpy(), table.column(ROW).to_numpy())
+            commit(self.fs, self.root, relative, ranges, counters, self.config.run)
+        kill_point("commit")
+        return {**counters, "files": files}
 
     def _write_results(self, ok: pa.Table) -> list[str]:
         schema = self.config.result_schema
@@ -128,7 +138,7 @@ def _stat_sums(table: pa.Table) -> dict:
 
 
 # What a previous run may have left: the only entries --overwrite deletes (never a user's other files).
-OUR_ENTRIES = re.compile(r"^(part-.*\.parquet|_errors|_run\.json|_SUCCESS|\..*\.tmp|[^/=]+=[^/]*)$")
+OUR_ENTRIES = re.compile(r"^(part-.*\.parquet|_errors|_progress|_run\.json|_SUCCESS|\..*\.tmp|[^/=]+=[^/]*)$")
 
 
 def prepare_output(output: str, overwrite: bool) -> None:
@@ -152,6 +162,7 @@ def finish_output(output: str, run: dict, complete: bool) -> None:
     fs, root = fsspec.core.url_to_fs(output)
     with fs.open(f"{root.rstrip('/')}/{RUN_FILE}", "w") as handle:
         json.dump(run, handle, indent=2, default=str)
+    kill_point("finish")
     if complete:
         with fs.open(f"{root.rstrip('/')}/{SUCCESS_FILE}", "w") as handle:
             handle.write("")

@@ -1,6 +1,13 @@
 """Mark input rows that cannot be annotated, so they reach `_errors` with a reason instead of vanishing.
 
-Empty and whitespace-only texts are valid input (they simply yield empty results).
+Valid input, annotated normally: empty and whitespace-only texts (they yield empty results),
+control characters, CJK, right-to-left scripts and emoji. Duplicate ids are annotated like any
+other row (ids are copied, never used as keys: `_source` + `_row` identify a row).
+
+Error rows (`error` in `_errors`): `null_text`; `text_type` (the text column is neither string
+nor binary); `invalid_utf8` (bytes that are not UTF-8, lone surrogates included: Arrow strings
+are UTF-8, so a lone surrogate can only arrive as invalid bytes); `text_too_long` (more than
+`max_chars` code points); `null_id`. A binary text column holding valid UTF-8 is annotated.
 """
 
 from __future__ import annotations
@@ -10,13 +17,14 @@ import dataclasses
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.stage import ERROR, Stage, with_errors
+from pipeline.stage import ERROR, Stage, set_column, with_errors
 
 
 @dataclasses.dataclass(frozen=True)
 class ValidateConfig:
     id_column: str = "id"
     text_column: str = "text"
+    max_chars: int = 100_000
 
 
 class ValidateText(Stage):
@@ -31,18 +39,57 @@ class ValidateText(Stage):
         return (config.id_column, config.text_column, ERROR), (), ()
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        text = table.column(self.config.text_column)
+        column = self.config.text_column
+        text = table.column(column)
         errors: dict[int, tuple[str, str, str]] = {}
-        if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
-            message = f"text column {self.config.text_column!r} has type {text.type}; expected string"
-            errors = {i: (self.name, "text_type", message) for i in range(table.num_rows)}
-        else:
+        if _is_text(text.type):
+            text, errors = _as_utf8(text, column, self.name)
+            table = set_column(table, column, text)
             for i in _positions(pc.is_null(text)):
-                errors[i] = (self.name, "null_text", f"{self.config.text_column!r} is null")
+                errors.setdefault(i, (self.name, "null_text", f"{column!r} is null"))
+            lengths = pc.utf8_length(text).to_numpy(zero_copy_only=False)
+            for i in _positions(pc.greater(pc.utf8_length(text), self.config.max_chars)):
+                errors.setdefault(i, (self.name, "text_too_long", f"{column!r} has {int(lengths[i])} characters; "
+                                      f"--max-chars is {self.config.max_chars}"))
+        else:
+            message = f"text column {column!r} has type {text.type}; expected string"
+            errors = {i: (self.name, "text_type", message) for i in range(table.num_rows)}
         for i in _positions(pc.is_null(table.column(self.config.id_column))):
             errors.setdefault(i, (self.name, "null_id", f"{self.config.id_column!r} is null"))
         return with_errors(table, errors)
 
 
-def _positions(mask: pa.ChunkedArray) -> list[int]:
+def check_text_column(schema: pa.Schema, column: str) -> None:
+    """A text column that is neither string nor binary is a configuration error, found before any cluster work."""
+    if column in schema.names and not _is_text(schema.field(column).type):
+        raise ValueError(f"--text-column {column!r} has type {schema.field(column).type}; "
+                         "expected string (or binary holding UTF-8)")
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return any(check(kind) for check in (pa.types.is_string, pa.types.is_large_string,
+                                         pa.types.is_binary, pa.types.is_large_binary))
+
+
+def _as_utf8(text: pa.ChunkedArray, column: str, stage: str) -> tuple[pa.ChunkedArray, dict]:
+    """A string column whose bytes are valid UTF-8; rows that are not become null plus an error."""
+    binary = text.cast(pa.large_binary()) if pa.types.is_large_string(text.type) or \
+        pa.types.is_large_binary(text.type) else text.cast(pa.binary())
+    try:  # the fast path: Arrow checks the whole column at once
+        strings = pc.cast(binary, pa.string())
+        strings.validate(full=True)
+        return strings, {}
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    values, errors = [], {}
+    for i, raw in enumerate(binary.to_pylist()):
+        try:
+            values.append(None if raw is None else raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            values.append(None)
+            errors[i] = (stage, "invalid_utf8", f"{column!r} is not valid UTF-8: {error.reason} at byte {error.start}")
+    return pa.chunked_array([pa.array(values, pa.string())]), errors
+
+
+def _positions(mask: pa.ChunkedArray | pa.Array) -> list[int]:
     return pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()

@@ -245,7 +245,7 @@ def test_sink_writes_results_errors_and_metadata(tmp_path):
 def test_sink_partitions_by_a_column(tmp_path):
     ResultWriter(_sink_config(tmp_path, partition_by="lang", rows_per_file=100))(_annotated(6))
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["_errors", "lang=en", "lang=fr"]
+    assert sorted(p.name for p in out.iterdir()) == ["_errors", "_progress", "lang=en", "lang=fr"]
     table = pads.dataset(out, format="parquet", partitioning="hive").to_table()
     assert sorted(zip(table.column("id").to_pylist(), table.column("lang").to_pylist())) == [
         ("d0", "en"), ("d2", "en"), ("d3", "fr"), ("d4", "en"), ("d5", "fr")]

@@ -1,0 +1,121 @@
+"""Embeddings as a pipeline task: each document's window embeddings -> one `embedding` vector.
+
+Pooling and normalisation come from the model's sentence-transformers modules (`--pooling`,
+`--normalize/--no-normalize` override them). The default `--max-length` is the folder's
+`sentence_bert_config.json` `max_seq_length` (256 for all-MiniLM-L6-v2), as sentence-transformers
+truncates; the truncation stored inside `tokenizer.json` (128 there) is never used.
+`--long-text truncate` embeds the first window only (only that window is sent to the model);
+`mean` embeds every window and takes their token-weighted mean (`embed_decode.combine_windows`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.arrow_nested import flat_lengths, flatten
+from pipeline.doc_decode import DecodeWindow, DocumentDecode
+from pipeline.embed_decode import LONG_TEXT_MODES, combine_windows
+from pipeline.job import Feed, ModelInfo, Task, resolve_max_length
+from pipeline.stage import STAT_PREFIX, WINDOWS, StageSpec, set_column
+from pipeline.tokenize import Tokenize, TokenizeConfig
+from schemas.results import EMBEDDING_DTYPES, embedding_field
+
+
+class FirstWindowTokenize(Tokenize):
+    """Tokenize, keeping each document's first window only (`--long-text truncate`): the model never
+    sees the windows a truncating embedder would drop."""
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        table = super().__call__(table)
+        first = pc.list_slice(table.column(WINDOWS), 0, 1)
+        has_window = flat_lengths(first) > 0
+        tokens = np.zeros(table.num_rows, dtype=np.int64)
+        tokens[has_window] = flat_lengths(flatten(first).field("ids"))
+        table = set_column(table, WINDOWS, first)
+        table = set_column(table, f"{STAT_PREFIX}windows", pa.array(has_window.astype(np.int32)))
+        return set_column(table, f"{STAT_PREFIX}tokens", pa.array(tokens))
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedDecodeConfig:
+    dim: int
+    text_column: str = "text"
+    long_text: str = "truncate"
+    normalize: bool = False             # what the model did per window; the mean of windows is renormalised
+    embedding_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.long_text not in LONG_TEXT_MODES:
+            raise ValueError(f"long_text={self.long_text!r}: expected one of {', '.join(LONG_TEXT_MODES)}")
+        if self.embedding_dtype not in EMBEDDING_DTYPES:
+            raise ValueError(f"embedding_dtype={self.embedding_dtype!r}: expected one of "
+                             f"{', '.join(EMBEDDING_DTYPES)}")
+
+
+class EmbedDecode(DocumentDecode):
+    @classmethod
+    def result_fields(cls, config: EmbedDecodeConfig) -> tuple[pa.Field, ...]:
+        return (embedding_field(config.dim, config.embedding_dtype),)
+
+    def decode(self, text: str, windows: list[DecodeWindow]) -> dict:
+        embeddings = np.stack([w.outputs[0] for w in windows])          # (W, D)
+        counts = np.array([len(w.ids) for w in windows], dtype=np.int64)
+        return {"embedding": combine_windows(embeddings, counts, self.config.long_text, self.config.normalize)}
+
+    def to_array(self, field: pa.Field, values: list) -> pa.Array:
+        """One (N, D) matrix → fixed_size_list, without a Python float per value."""
+        dtype = np.dtype(field.type.value_type.to_pandas_dtype())
+        matrix = np.zeros((len(values), self.config.dim), dtype=dtype)
+        missing = np.array([v is None for v in values], dtype=bool)
+        for i, value in enumerate(values):
+            if value is not None:
+                matrix[i] = value
+        flat = pa.array(matrix.reshape(-1), type=field.type.value_type)
+        return pa.FixedSizeListArray.from_arrays(flat, type=field.type, mask=pa.array(missing))
+
+
+def model_pooling(config, folder: str) -> tuple[tuple[str, ...], bool]:
+    """(pooling modes, normalize) after the --pooling / --normalize overrides."""
+    from models.sentence_transformers import pooling_from_folder
+
+    modes, normalize = pooling_from_folder(Path(folder))
+    return ((config.pooling,) if config.pooling else modes), (normalize if config.normalize is None else
+                                                               config.normalize)
+
+
+def _feed(config, model: ModelInfo) -> Feed:
+    from models.sentence_transformers import max_seq_length
+
+    if config.max_length is None and max_seq_length(Path(model.folder)):
+        config = config.model_copy(update={"max_length": min(max_seq_length(Path(model.folder)), model.max_tokens)})
+    max_length = resolve_max_length(config, model)
+    stage = FirstWindowTokenize if config.long_text == "truncate" else Tokenize
+    tokenize = TokenizeConfig(model.folder, config.text_column, None, max_length, config.stride)
+    _, normalize = model_pooling(config, model.folder)
+    options = (("pooling", config.pooling), ("normalize", normalize))
+    return Feed(StageSpec(stage, tokenize), max_length, model_options=options)
+
+
+def _dim(config, model: ModelInfo) -> int:
+    from models.loading import read_config
+
+    modes, _ = model_pooling(config, model.folder)
+    return read_config(Path(model.folder))[1].hidden_size * len(modes)
+
+
+def _decode_spec(config, model: ModelInfo) -> StageSpec:
+    _, normalize = model_pooling(config, model.folder)
+    return StageSpec(EmbedDecode, EmbedDecodeConfig(_dim(config, model), config.text_column, config.long_text,
+                                                    normalize, config.embedding_dtype))
+
+
+def _fields(config, model: ModelInfo) -> tuple[pa.Field, ...]:
+    return (embedding_field(_dim(config, model), config.embedding_dtype),)
+
+
+EMBED_TASK = Task(name="embed", model_task="embed", decode=_decode_spec, feed=_feed, fields=_fields)

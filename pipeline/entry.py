@@ -1,0 +1,32 @@
+"""The body every job's `main` shares: parse flags + YAML, run, exit with a one-line reason on failure."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+
+from pydantic import BaseModel
+
+from pipeline.cli import UsageError, fail, one_line_reason, parse_config
+
+
+def job_main(argv: list[str], prog: str, description: str, config_cls: type[BaseModel],
+             to_job: Callable[[BaseModel], tuple]) -> dict:
+    """Run the job that `to_job(config)` -> (JobConfig, Task) names; exit 2 on usage errors, 1 on others."""
+    from pipeline.job import run_job
+
+    try:
+        config = parse_config(config_cls, argv, prog, description)
+        job_config, task = to_job(config)
+        run = run_job(job_config, task)
+    except (UsageError, FileExistsError) as error:
+        fail(prog, str(error))
+    except Exception as error:  # noqa: BLE001 - infrastructure failure: traceback above, one-line reason last
+        traceback.print_exc()
+        fail(prog, one_line_reason(error), status=1)
+    if not run["complete"]:
+        report = run["report"]
+        fail(prog, f"{report['documents']} of {report['input_rows']} input rows reached results or errors; "
+                   f"no _SUCCESS written in {job_config.output}", status=1)
+    print(f"output: {job_config.output}")
+    return run

@@ -1,0 +1,186 @@
+"""The commit ledger: which input rows already reached the output, so a restart redoes only the rest.
+
+Each write task, after its part files are renamed into place, writes one small entry
+`OUTPUT/_progress/<first-file>-<first-row>.json` naming those files and the input row ranges they
+hold (results and errors alike). The entry is the commit: a part file without an entry is an
+orphan of a kill between rename and entry, and `recover` deletes it before the next run.
+`_progress/_job.json` holds what the output was made from (task, model fingerprint, options,
+input files with sizes and modification times) and one line per run. See docs/restart.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import re
+import signal
+import tempfile
+import uuid
+from collections.abc import Iterable
+
+import fsspec
+import numpy as np
+
+PROGRESS_DIR = "_progress"
+JOB_FILE = "_job.json"
+KILL_ENV = "BERTBATCH_TEST_KILL_AT"     # test hook: `<point>:<n>` kills at the n-th time `point` is reached
+DRIVER_PID_ENV = "BERTBATCH_DRIVER_PID"
+# Files a write task may leave: results (also below hive folders), errors, and their temporary names.
+PART_FILE = re.compile(r"(^|/)part-[^/]*\.parquet$")
+TEMP_FILE = re.compile(r"(^|/)\.[^/]*\.tmp$")
+
+Ranges = list[tuple[int, int]]           # sorted, merged, half-open [start, end) row ranges of one file
+
+
+def row_ranges(file_index: np.ndarray, rows: np.ndarray) -> dict[int, Ranges]:
+    """Compact (file, row) pairs into per-file runs of consecutive rows."""
+    ranges: dict[int, Ranges] = {}
+    order = np.lexsort((rows, file_index))
+    file_index, rows = file_index[order], rows[order]
+    breaks = np.flatnonzero((np.diff(file_index) != 0) | (np.diff(rows) != 1)) + 1
+    for start, end in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
+        if end > start:
+            ranges.setdefault(int(file_index[start]), []).append((int(rows[start]), int(rows[end - 1]) + 1))
+    return ranges
+
+
+def merge(ranges: Iterable[tuple[int, int]]) -> Ranges:
+    merged: Ranges = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def committed_mask(rows: np.ndarray, ranges: Ranges) -> np.ndarray:
+    """True for the rows inside one of the (merged) ranges."""
+    if not ranges:
+        return np.zeros(len(rows), dtype=bool)
+    starts = np.array([r[0] for r in ranges])
+    ends = np.array([r[1] for r in ranges])
+    slot = np.searchsorted(starts, rows, side="right") - 1
+    return (slot >= 0) & (rows < ends[np.maximum(slot, 0)])
+
+
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def _put_json(fs, path: str, value: dict) -> None:
+    """Whole or nothing: local files go through a temporary name; an object store PUT is atomic already."""
+    data = json.dumps(value, default=str)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol not in ("file", "local"):
+        fs.pipe_file(path, data.encode())
+        return
+    folder, name = path.rsplit("/", 1)
+    temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    with fs.open(temporary, "w") as handle:
+        handle.write(data)
+    fs.mv(temporary, path)
+
+
+def commit(fs, root: str, files: list[str], ranges: dict[int, Ranges], counters: dict, run: int) -> None:
+    """Record one write task's files (relative to root) and the input rows they hold."""
+    first_file = min(ranges)
+    name = f"{first_file:05d}-{ranges[first_file][0][0]:012d}.json"
+    fs.makedirs(_join(root, PROGRESS_DIR), exist_ok=True)
+    entry = {"run": run, "files": files, "ranges": {str(k): v for k, v in ranges.items()}, "counters": counters}
+    _put_json(fs, _join(root, PROGRESS_DIR, name), entry)
+
+
+@dataclasses.dataclass
+class Progress:
+    """What earlier runs committed: per input file the merged row ranges, plus every entry's counters."""
+
+    committed: dict[int, Ranges]
+    entries: list[dict]
+    removed: list[str]              # orphans and temporary files deleted by `recover`
+
+    def rows_done(self, file_index: int) -> int:
+        return sum(end - start for start, end in self.committed.get(file_index, ()))
+
+
+def recover(output: str) -> Progress:
+    """Read the ledger and delete what no entry commits (orphan parts, temporary files)."""
+    fs, root = fsspec.core.url_to_fs(output)
+    root = root.rstrip("/")
+    progress = _join(root, PROGRESS_DIR)
+    entries = []
+    if fs.exists(progress):
+        for path in sorted(fs.ls(progress, detail=False)):
+            name = path.rsplit("/", 1)[-1]
+            if name.endswith(".json") and name != JOB_FILE and not name.startswith("."):
+                with fs.open(path, "r") as handle:
+                    entries.append(json.load(handle))
+    owned = {f for entry in entries for f in entry["files"]}
+    removed = []
+    for path in fs.find(root) if fs.exists(root) else []:
+        relative = path[len(root):].lstrip("/")
+        orphan = PART_FILE.search(relative) and relative not in owned
+        if orphan or TEMP_FILE.search(relative):
+            fs.rm(path)
+            removed.append(relative)
+    committed: dict[int, Ranges] = {}
+    for entry in entries:
+        for file_index, ranges in entry["ranges"].items():
+            committed.setdefault(int(file_index), []).extend(tuple(r) for r in ranges)
+    return Progress({k: merge(v) for k, v in committed.items()}, entries, removed)
+
+
+def read_job(output: str) -> dict | None:
+    fs, root = fsspec.core.url_to_fs(output)
+    path = _join(root, PROGRESS_DIR, JOB_FILE)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "r") as handle:
+        return json.load(handle)
+
+
+def write_job(output: str, job: dict) -> None:
+    fs, root = fsspec.core.url_to_fs(output)
+    fs.makedirs(_join(root, PROGRESS_DIR), exist_ok=True)
+    _put_json(fs, _join(root, PROGRESS_DIR, JOB_FILE), job)
+
+
+def input_identity(fs, paths: Iterable[str]) -> list[dict]:
+    """Path, size and modification time (or ETag on object stores) of every input file."""
+    identity = []
+    for path in paths:
+        info = fs.info(path)
+        changed = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+        identity.append({"path": path, "size": info.get("size"),
+                         "version": str(info.get("ETag") or info.get("etag") or changed)})
+    return identity
+
+
+def kill_point(point: str) -> None:
+    """Test hook (`BERTBATCH_TEST_KILL_AT=<point>:<n|*>`): SIGKILL at the n-th (every) time `point` is reached.
+
+    Point `model_actor` kills the calling process (a model actor); every other point kills the
+    driver, with its process group when it leads one (the whole local Ray a test started).
+    """
+    wanted = os.environ.get(KILL_ENV, "")
+    name, _, nth = wanted.partition(":")
+    if name != point:
+        return
+    driver = int(os.environ.get(DRIVER_PID_ENV, os.getpid()))
+    counter = os.path.join(tempfile.gettempdir(), f"bertbatch-kill-{driver}-{point}")
+    with open(counter, "a+") as handle:  # the count is shared by every process of this run
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        count = len(handle.read()) + 1
+        handle.write("x")
+        handle.flush()
+    if nth != "*" and count != int(nth or 1):   # `*`: every time (a batch that always kills its actor)
+        return
+    if point == "model_actor":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if os.getpgid(driver) == driver:
+        os.killpg(driver, signal.SIGKILL)
+    os.kill(driver, signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)   # Ray workers have their own process group: this one goes too

@@ -1,0 +1,142 @@
+"""Start, resume or skip a job in its output folder (docs/restart.md).
+
+A fresh output gets `_progress/_job.json` (what it is made from). Starting again into it with the
+same task, model, result-affecting options and unchanged inputs resumes from the ledger; anything
+else refuses unless `--overwrite`. A finished output (`_SUCCESS`) is reported and left alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import ledger
+from pipeline.sink import ERRORS_DIR, RUN_FILE, SUCCESS_FILE, prepare_output
+from pipeline.stage import with_errors
+
+# Options that change how the work is spread or how files are cut, never a result row's values.
+LAYOUT_ONLY = frozenset({"input", "output", "overwrite", "model", "tokenizer_actors", "model_actors",
+                         "docs_per_batch", "batch_tokens", "rows_per_file", "device"})
+
+
+@dataclasses.dataclass
+class Start:
+    run: int                            # this run's number in the output (1 for a fresh output)
+    progress: ledger.Progress
+    finished: dict | None = None        # `_run.json` of an output that already has `_SUCCESS`
+
+
+def job_identity(task: str, config, fingerprint: str, files) -> dict:
+    options = {k: v for k, v in config.model_dump().items() if k not in LAYOUT_ONLY}
+    return {"task": task, "model_sha256": fingerprint,
+            "options": json.loads(json.dumps(options, default=str)),
+            "inputs": ledger.input_identity(files.fs, files.paths)}
+
+
+def _mismatch(old: dict, new: dict) -> str | None:
+    if old["task"] != new["task"]:
+        return f"task {old['task']!r} (now {new['task']!r})"
+    if old["model_sha256"] != new["model_sha256"]:
+        return f"another model (sha256 {old['model_sha256'][:12]}, now {new['model_sha256'][:12]})"
+    for key in sorted(set(old["options"]) | set(new["options"])):
+        if old["options"].get(key) != new["options"].get(key):
+            return f"--{key.replace('_', '-')} {old['options'].get(key)!r} (now {new['options'].get(key)!r})"
+    if old["inputs"] != new["inputs"]:
+        changed = next((b["path"] for a, b in zip(old["inputs"], new["inputs"]) if a != b), "the file list")
+        return f"other input files (changed: {changed})"
+    return None
+
+
+def open_output(output: str, identity: dict, overwrite: bool) -> Start:
+    """Decide fresh / resume / finished; raise FileExistsError (one line) when the output is another job's."""
+    old = None if overwrite else ledger.read_job(output)
+    if old is None:
+        prepare_output(output, overwrite)    # refuses a non-empty folder without a ledger
+        old = {**identity, "runs": []}
+    else:
+        reason = _mismatch(old, identity)
+        if reason:
+            raise FileExistsError(f"--output {output!r} was made with {reason}; pass --overwrite to replace it")
+        fs, root = fsspec.core.url_to_fs(output)
+        if fs.exists(f"{root.rstrip('/')}/{SUCCESS_FILE}"):
+            with fs.open(f"{root.rstrip('/')}/{RUN_FILE}", "r") as handle:
+                return Start(len(old["runs"]), ledger.Progress({}, [], []), finished=json.load(handle))
+    progress = ledger.recover(output)
+    run = len(old["runs"]) + 1
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    ledger.write_job(output, {**old, "runs": [*old["runs"], {"run": run, "started": started}]})
+    return Start(run, progress)
+
+
+def run_counts(output: str, progress: ledger.Progress) -> list[dict]:
+    """Per run: when it started and how many input rows it committed (results + errors)."""
+    runs = (ledger.read_job(output) or {}).get("runs", [])
+    for run in runs:
+        entries = [e for e in progress.entries if e["run"] == run["run"]]
+        run["rows_processed"] = sum(e["counters"].get("rows", 0) + e["counters"].get("errors", 0) for e in entries)
+    return runs
+
+
+def resume_plan(plan, start: Start):
+    """The plan without the rows earlier runs committed, and the input files that still have rows to do."""
+    committed = tuple((i, tuple(r)) for i, r in sorted(start.progress.committed.items()))
+    sink = dataclasses.replace(plan.sink, config=dataclasses.replace(plan.sink.config, run=start.run))
+    plan = dataclasses.replace(plan, read=dataclasses.replace(plan.read, committed=committed), sink=sink)
+    pending = [i for i, rows in enumerate(plan.footers.rows)
+               if rows is not None and start.progress.rows_done(i) < rows]
+    return plan, pending
+
+
+def record_unreadable(plan) -> None:
+    """One error row per input file whose footer cannot be read (rewritten by every run: not in the ledger)."""
+    config = plan.sink.config
+    fs, root = fsspec.core.url_to_fs(config.output)
+    for index, reason in plan.footers.unreadable:
+        table = pa.table({
+            config.id_column: pa.nulls(1, config.errors_schema.field(config.id_column).type),
+            "source": [plan.files.display(plan.files.paths[index])], "row": pa.nulls(1, pa.int64()),
+            "stage": ["read"], "error": ["unreadable_file"], "message": [reason],
+        }).cast(config.errors_schema)
+        fs.makedirs(f"{root.rstrip('/')}/{ERRORS_DIR}", exist_ok=True)
+        with fs.open(f"{root.rstrip('/')}/{ERRORS_DIR}/unreadable-{index:05d}.parquet", "wb") as handle:
+            pq.write_table(table, handle)
+
+
+def worker_died(error: BaseException) -> bool:
+    """A Ray worker or actor process died more often than its bounded restarts allow (not a Python bug)."""
+    import ray.exceptions
+
+    died = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
+    seen = error
+    while seen is not None:
+        if isinstance(seen, died) or any(name in str(seen) for name in ("ActorDiedError", "WorkerCrashedError")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def fail_remaining(plan, output: str, error: BaseException) -> str:
+    """After the retries are spent, every uncommitted row becomes an error row naming the failure.
+
+    Which rows killed the worker is unknown, so all rows not committed yet are marked; a rerun with
+    --overwrite (or fewer rows) redoes them. Reads on the driver, one block at a time.
+    """
+    reason = f"a worker process died and its bounded restarts were spent: {str(error).splitlines()[0][:300]}"
+    progress = ledger.recover(output)
+    committed = tuple((i, tuple(r)) for i, r in sorted(progress.committed.items()))
+    read = dataclasses.replace(plan.read, committed=committed)
+    validate, writer = plan.validate.build(), plan.sink.build()
+    for index, rows in enumerate(plan.footers.rows):
+        if rows is None or progress.rows_done(index) >= rows:
+            continue
+        for block in read(index):
+            if block.num_rows:
+                block = with_errors(validate(block), {i: ("infer", "worker_died", reason)
+                                                      for i in range(block.num_rows)})
+                writer(block)
+    return reason

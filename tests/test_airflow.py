@@ -1,0 +1,119 @@
+"""The Airflow DAG (infra/airflow/dags/bertbatch_ner.py) run by a real Airflow against a real local Ray.
+
+Airflow lives in its own virtual environment, `.venv-airflow/` in the repository root (its pins
+clash with ours), built on first use and reused while the pinned requirements stay the same
+(a cold build takes about a minute with a warm pip cache). The test starts a one-node Ray with
+`ray start --head` (token auth on, see tests/ray_cluster.py), runs
+`airflow dags test bertbatch_ner <date>` with AIRFLOW_HOME and its sqlite database in tmp_path,
+and checks that the job wrote the partition of that date: every input id, `_SUCCESS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from tests.checkpoints import make_checkpoint
+from tests.ray_cluster import RAY, LoopbackCluster
+
+pytestmark = [pytest.mark.airflow, pytest.mark.timeout(1200)]
+
+REPO = Path(__file__).resolve().parents[1]
+VENV = REPO / ".venv-airflow"
+DAGS = REPO / "infra" / "airflow" / "dags"
+DAG_ID = "bertbatch_ner"
+LOGICAL_DATE = "2026-01-02"
+# Airflow 3.3 supports Python 3.10-3.13; the Ray client must be the cluster's exact version.
+REQUIREMENTS = ("apache-airflow==3.3.2", f"ray[default]=={ray.__version__}")
+
+
+def airflow_venv() -> Path:
+    """Create (or reuse) `.venv-airflow/` with the pinned requirements; return its bin folder."""
+    stamp = VENV / f".installed-{hashlib.sha256(' '.join(REQUIREMENTS).encode()).hexdigest()[:16]}"
+    if not stamp.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
+        install = subprocess.run([str(VENV / "bin" / "python"), "-m", "pip", "install", "-q", *REQUIREMENTS],
+                                 capture_output=True, text=True, timeout=900)
+        if install.returncode != 0:
+            pytest.fail(f"pip install {' '.join(REQUIREMENTS)} failed:\n{install.stderr[-4000:]}")
+        stamp.touch()
+    return VENV / "bin"
+
+
+@pytest.fixture(scope="module")
+def head() -> Iterator[LoopbackCluster]:
+    if not RAY.exists():
+        pytest.skip(f"no `ray` command next to {sys.executable}")
+    cluster = LoopbackCluster(workers=0, cpus=2)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def write_partition(root: Path, date: str) -> set[str]:
+    """The input of one logical date, plus a neighbouring date that must not be read."""
+    ids = set()
+    for day, rows in ((date, 30), ("2026-01-03", 5)):
+        table = pa.table({
+            "id": [f"{day}-{i:03d}" for i in range(rows)],
+            "text": [f"John Smith works at Acme Corp in Paris number {i} " * (1 + i % 4) for i in range(rows)],
+        })
+        folder = root / f"date={day}"
+        folder.mkdir(parents=True)
+        pq.write_table(table.slice(0, rows // 2), folder / "part-0.parquet")
+        pq.write_table(table.slice(rows // 2), folder / "part-1.parquet")
+        if day == date:
+            ids = set(table.column("id").to_pylist())
+    return ids
+
+
+def test_dag_runs_the_ner_job_for_its_logical_date(head: LoopbackCluster, tmp_path: Path) -> None:
+    bin_dir = airflow_venv()
+    model, _ = make_checkpoint(tmp_path / "model", "bert", "ner")
+    ids = write_partition(tmp_path / "corpus", LOGICAL_DATE)
+    airflow_home = tmp_path / "airflow"
+    env = {
+        **head.env,  # RAY_AUTH_MODE=token + RAY_AUTH_TOKEN: read by the Ray job client in the DAG's task
+        "PATH": f"{bin_dir}{os.pathsep}{head.env['PATH']}",
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "BERTBATCH_RAY_ADDRESS": head.dashboard_url,
+        "BERTBATCH_INPUT_ROOT": str(tmp_path / "corpus"),
+        "BERTBATCH_OUTPUT_ROOT": str(tmp_path / "out"),
+        "BERTBATCH_MODEL": str(model),
+        "BERTBATCH_WORKING_DIR": str(REPO),
+        "BERTBATCH_JOB_SCRIPT": "jobs/ner_corpus.py",
+        "BERTBATCH_EXTRA_ARGS": "--max-length 32 --stride 8",
+        "BERTBATCH_POLL_SECONDS": "2",
+    }
+    env.pop("VIRTUAL_ENV", None)
+
+    def airflow(*args: str, timeout: float) -> subprocess.CompletedProcess:
+        return subprocess.run([str(bin_dir / "airflow"), *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=timeout)
+
+    migrated = airflow("db", "migrate", timeout=300)
+    assert migrated.returncode == 0, migrated.stderr[-4000:]
+    run = airflow("dags", "test", DAG_ID, LOGICAL_DATE, timeout=900)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-8000:]
+
+    output = tmp_path / "out" / f"date={LOGICAL_DATE}"
+    assert (output / "_SUCCESS").is_file(), f"{log[-6000:]}\n{sorted(p.name for p in output.iterdir())}"
+    written = pads.dataset(output, format="parquet").to_table(columns=["id"]).column("id").to_pylist()
+    assert sorted(written) == sorted(ids)
+    assert not (tmp_path / "out" / "date=2026-01-03").exists()

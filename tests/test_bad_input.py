@@ -1,0 +1,112 @@
+"""Bad input becomes error rows with a reason (or a documented result), never silent loss."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.stage import ERROR, ERROR_TYPE
+from pipeline.validate import ValidateConfig, ValidateText
+from tests.conftest import REPO
+
+VALID = {  # id -> text that must be annotated
+    "empty": "", "spaces": "  \t \n ", "control": "John\x00Smith\x07 lives in\x1bParis\x7f\x85.",
+    "cjk": "東京と北京は都市です。서울", "rtl": "שלום עולם مرحبا بالعالم", "emoji": "😀👍🏽 family 👨‍👩‍👧 in Paris",
+    "dup": "John Smith", "plain": "Mary Jones visited London",
+}
+MAX_CHARS = 200
+ERRORS = {"null-text": "null_text", "too-long": "text_too_long", "bad-bytes": "invalid_utf8",
+          "lone-surrogate": "invalid_utf8"}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "jobs/ner_corpus.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def text_array(values: list) -> pa.Array:
+    """A string column that may hold invalid UTF-8 (as a broken writer would leave it)."""
+    raw = [v.encode("utf-8", "surrogatepass") if isinstance(v, str) else v for v in values]
+    return pa.array(raw, pa.binary()).view(pa.string())
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("bad-corpus")
+    rows = [*VALID.items(), ("dup", "Acme Corp in Berlin"), ("null-text", None), ("too-long", "word " * 60),
+            ("bad-bytes", b"caf\xe9 au lait"), ("lone-surrogate", "half \ud800 pair"), (None, "no id here")]
+    half = len(rows) // 2
+    for name, part in (("a", rows[:half]), ("b", rows[half:])):
+        pq.write_table(pa.table({"id": pa.array([r[0] for r in part], pa.string()),
+                                 "text": text_array([r[1] for r in part])}), folder / f"{name}.parquet")
+    (folder / "c.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    return folder
+
+
+@pytest.mark.ray
+def test_every_bad_row_is_accounted_for(corpus, ner_checkpoint, tmp_path):
+    output = tmp_path / "out"
+    done = run_cli("--input", str(corpus), "--model", str(ner_checkpoint), "--output", str(output),
+                   "--max-chars", str(MAX_CHARS))
+    assert done.returncode != 0, done.stderr[-3000:]
+    assert not (output / "_SUCCESS").exists()      # the corrupt shard's rows are unknown
+    results = pads.dataset(output, format="parquet").to_table()
+    errors = pq.read_table(output / "_errors")
+    ids = results.column("id").to_pylist()
+    assert sorted(ids) == sorted([*VALID, "dup"])  # duplicate ids: both rows annotated
+    assert all(isinstance(e, list) for e in results.column("entities").to_pylist())
+    reasons = {r["id"]: r["error"] for r in errors.to_pylist() if r["id"] is not None}
+    assert reasons == ERRORS
+    by_error = {r["error"]: r for r in errors.to_pylist()}
+    assert by_error["null_id"]["id"] is None and by_error["null_id"]["message"] == "'id' is null"
+    assert "--max-chars is 200" in by_error["text_too_long"]["message"]
+    unreadable = by_error["unreadable_file"]
+    assert unreadable["source"].endswith("c.parquet") and unreadable["row"] is None
+    run = json.loads((output / "_run.json").read_text())["report"]
+    assert run["input_rows"] == run["results"] + run["errors"] == len(ids) + len(ERRORS) + 1
+    assert run["unreadable_files"] == [str(corpus / "c.parquet")]
+
+
+def test_binary_text_column_is_decoded_or_rejected():
+    table = pa.table({"id": ["ok", "bad", "surrogate", "null"],
+                      "text": pa.array([b"caf\xc3\xa9", b"caf\xe9", b"\xed\xa0\x80", None], pa.binary()),
+                      ERROR: pa.nulls(4, ERROR_TYPE)})
+    out = ValidateText(ValidateConfig())(table)
+    assert out.column("text").type == pa.string() and out.column("text")[0].as_py() == "café"
+    assert [e and e["error"] for e in out.column(ERROR).to_pylist()] == \
+        [None, "invalid_utf8", "invalid_utf8", "null_text"]
+
+
+def write(path: Path, **columns) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+
+
+@pytest.mark.parametrize("case", ["no-text", "no-id", "int-text", "disagree"])
+def test_configuration_errors_exit_with_one_line_before_cluster_work(case, ner_checkpoint, tmp_path):
+    corpus = tmp_path / "in"
+    if case == "no-text":
+        write(corpus / "a.parquet", id=["1"], body=["x"])
+    elif case == "no-id":
+        write(corpus / "a.parquet", key=["1"], text=["x"])
+    elif case == "int-text":
+        write(corpus / "a.parquet", id=["1"], text=[7])
+    else:
+        write(corpus / "a.parquet", id=["1"], text=["x"])
+        write(corpus / "b.parquet", id=[1], text=["y"])
+    done = run_cli("--input", str(corpus), "--model", str(ner_checkpoint), "--output", str(tmp_path / "out"))
+    assert done.returncode != 0
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    expected = {"no-text": "--text-column 'text': no such column", "no-id": "--id-column 'id': no such column",
+                "int-text": "--text-column 'text' has type int64",
+                "disagree": f"input shards disagree on column 'id': {corpus / 'a.parquet'} has string, "
+                            f"{corpus / 'b.parquet'} has int64"}[case]
+    assert expected in done.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,78 @@
+"""A real two-node Ray cluster on loopback (`ray start --head` + `ray start --address=…`) and a
+`ray job submit --working-dir .` of the NER job into it.
+
+How the cluster stays isolated from the rest of the test session (temp dirs, free ports, token
+auth through the environment only, teardown by our own pids): see tests/ray_cluster.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import urllib.error
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from tests.checkpoints import make_checkpoint
+from tests.ray_cluster import RAY, LoopbackCluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LoopbackCluster]:
+    if not RAY.exists():
+        pytest.skip(f"no `ray` command next to {sys.executable}")
+    c = LoopbackCluster()
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def test_job_submission_sees_both_nodes(cluster: LoopbackCluster) -> None:
+    probe = "import ray; ray.init(); print('ALIVE_NODES', sum(n['Alive'] for n in ray.nodes()))"
+    status, logs = cluster.submit("python", "-c", probe)
+    assert status == "SUCCEEDED", logs
+    assert "ALIVE_NODES 2" in logs, logs
+
+
+def test_dashboard_refuses_requests_without_the_cluster_token(cluster: LoopbackCluster) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        cluster.job_info("no-such-job", token="not-the-token")
+    assert refused.value.code in (401, 403)
+
+
+def _write_corpus(folder: Path, docs: int = 40) -> set[int]:
+    """Two Parquet files of short and long texts (the long ones need several windows)."""
+    folder.mkdir(parents=True)
+    words = ["John", "Smith", "works", "at", "Acme", "Corp", "in", "Paris", "and", "Mary", "Jones", "visited"]
+    texts = [" ".join(words[: 3 + i % len(words)]) * (1 + 12 * (i % 9 == 0)) for i in range(docs)]
+    ids = list(range(1000, 1000 + docs))
+    table = pa.table({"id": pa.array(ids, pa.int64()), "text": texts})
+    pq.write_table(table.slice(0, docs // 2), folder / "part-0.parquet")
+    pq.write_table(table.slice(docs // 2), folder / "part-1.parquet")
+    return set(ids)
+
+
+def test_ner_job_submitted_to_the_cluster_annotates_every_row(cluster: LoopbackCluster, tmp_path: Path) -> None:
+    model, _ = make_checkpoint(tmp_path / "model", "bert", "ner")
+    ids = _write_corpus(tmp_path / "corpus")
+    output = tmp_path / "out"
+    status, logs = cluster.submit(
+        "python", "jobs/ner_corpus.py", "--input", str(tmp_path / "corpus"), "--output", str(output),
+        "--model", str(model), "--max-length", "32", "--stride", "8",
+    )
+    assert status == "SUCCEEDED", f"{status}\n{logs[-6000:]}"
+    assert (output / "_SUCCESS").is_file(), sorted(p.name for p in output.iterdir())
+    results = ds.dataset(output, format="parquet").to_table(columns=["id"]).column("id").to_pylist()
+    errors_dir = output / "_errors"
+    errors = (ds.dataset(errors_dir, format="parquet").to_table(columns=["id"]).column("id").to_pylist()
+              if errors_dir.is_dir() and any(errors_dir.iterdir()) else [])
+    assert sorted(results + errors) == sorted(ids)
+    assert not errors

@@ -1,0 +1,192 @@
+"""Exactly-once restarts: the NER job SIGKILLed at named moments (BERTBATCH_TEST_KILL_AT) and by a timer.
+
+Each job runs as `python jobs/ner_corpus.py ...` in its own session with its own local Ray; the
+kill hook takes the driver's whole process group down (the local Ray it started), like a lost node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.ledger import KILL_ENV
+from tests.conftest import REPO, write_corpus
+
+pytestmark = pytest.mark.ray
+SHARDS, ROWS = 4, 15
+OPTIONS = ("--rows-per-file", "5", "--docs-per-batch", "5", "--stride", "16")
+
+
+def run_job(corpus: Path, model: Path, output: Path, *extra: str, kill: str | None = None,
+            kill_after: float | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in (KILL_ENV, "RAY_ADDRESS")}
+    if kill:
+        env[KILL_ENV] = kill
+    command = [sys.executable, "jobs/ner_corpus.py", "--input", str(corpus), "--model", str(model),
+               "--output", str(output), *OPTIONS, *extra]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        out, _ = process.communicate(timeout=kill_after or 300)
+    except subprocess.TimeoutExpired:
+        if kill_after is None:
+            raise
+        os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate()
+    time.sleep(0.5)
+    with contextlib.suppress(ProcessLookupError):  # a hook-killed driver's Ray went with its group; be sure
+        os.killpg(process.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(command, process.returncode, out, "")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"), shards=SHARDS, rows_per_shard=ROWS)
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, ner_checkpoint, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("reference") / "out"
+    done = run_job(corpus, ner_checkpoint, output)
+    assert done.returncode == 0, done.stdout[-3000:]
+    return output
+
+
+def input_ids(corpus: Path) -> list[str]:
+    return pads.dataset(corpus, format="parquet", partitioning="hive").to_table().column("id").to_pylist()
+
+
+def read_output(output: Path) -> tuple[dict, dict]:
+    results = pads.dataset(output, format="parquet").to_table()
+    errors = pq.read_table(output / "_errors") if (output / "_errors").exists() else pa.table({"id": []})
+    ids = results.column("id").to_pylist() + errors.column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "a row was written twice"
+    return {r["id"]: r for r in results.to_pylist()}, {r["id"]: r for r in errors.to_pylist()}
+
+
+def assert_same_as_reference(output: Path, reference: Path, corpus: Path) -> dict:
+    results, errors = read_output(output)
+    assert sorted(results.keys() | errors.keys()) == sorted(input_ids(corpus))
+    want_results, want_errors = read_output(reference)
+    assert results.keys() == want_results.keys() and errors.keys() == want_errors.keys()
+    for doc_id, row in results.items():
+        want = want_results[doc_id]["entities"]
+        assert [(e["label"], e["start"], e["end"]) for e in row["entities"]] == \
+               [(e["label"], e["start"], e["end"]) for e in want]
+        np.testing.assert_allclose([e["score"] for e in row["entities"]], [e["score"] for e in want], atol=1e-5)
+    assert (output / "_SUCCESS").exists()
+    run = json.loads((output / "_run.json").read_text())
+    assert run["complete"] and run["report"]["documents"] == run["report"]["input_rows"] == SHARDS * ROWS
+    assert not list(output.rglob(".*.tmp"))
+    return run
+
+
+def test_driver_killed_at_five_moments_and_by_a_timer(corpus, ner_checkpoint, reference, tmp_path):
+    """One output, killed again and again; every rerun is the same command and continues."""
+    output = tmp_path / "out"
+    killed = run_job(corpus, ner_checkpoint, output, kill_after=25)     # wherever it is after 25 s
+    assert not (output / "_SUCCESS").exists()
+    for point in ("start:1", "read:2", "write:1", "infer:3", "commit:1", "finish:1"):
+        killed = run_job(corpus, ner_checkpoint, output, kill=point)
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stdout[-3000:])
+        assert not (output / "_SUCCESS").exists()
+    final = run_job(corpus, ner_checkpoint, output)
+    assert final.returncode == 0, final.stdout[-3000:]
+    run = assert_same_as_reference(output, reference, corpus)
+    assert len(run["runs"]) == 8
+    assert sum(r["rows_processed"] for r in run["runs"]) == SHARDS * ROWS   # nothing committed twice
+    assert run["runs"][-1]["rows_processed"] == 0                           # killed just before _SUCCESS
+
+
+def test_rerun_after_half_redoes_only_the_other_half(corpus, ner_checkpoint, reference, tmp_path):
+    output = tmp_path / "out"
+    killed = run_job(corpus, ner_checkpoint, output, kill=f"commit:{SHARDS // 2}")
+    assert killed.returncode == -signal.SIGKILL
+    assert run_job(corpus, ner_checkpoint, output).returncode == 0
+    first, second = assert_same_as_reference(output, reference, corpus)["runs"]
+    remaining = SHARDS * ROWS - first["rows_processed"]
+    assert 0 < first["rows_processed"] < SHARDS * ROWS
+    assert second["rows_processed"] <= 1.1 * remaining
+
+
+def test_model_actor_killed_mid_run_is_restarted(corpus, ner_checkpoint, reference, tmp_path):
+    output = tmp_path / "out"
+    done = run_job(corpus, ner_checkpoint, output, kill="model_actor:2")
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert_same_as_reference(output, reference, corpus)
+
+
+def test_finished_output_is_not_recomputed_other_model_refuses_overwrite_replaces(
+        corpus, ner_checkpoint, reference, tmp_path):
+    from tests.checkpoints import make_checkpoint
+
+    again = run_job(corpus, ner_checkpoint, reference)
+    assert again.returncode == 0 and "already complete" in again.stdout
+    before = json.loads((reference / "_run.json").read_text())
+    assert len(before["runs"]) == 1
+
+    other, _ = make_checkpoint(tmp_path / "other", "bert", "ner", seed=1)
+    refused = run_job(corpus, other, reference)
+    assert refused.returncode != 0
+    last_line = refused.stdout.strip().splitlines()[-1]
+    assert "was made with another model" in last_line and "--overwrite" in last_line
+    refused = run_job(corpus, ner_checkpoint, reference, "--aggregation", "first")
+    assert refused.returncode != 0 and "--aggregation 'simple'" in refused.stdout
+
+    output = tmp_path / "copy"
+    assert run_job(corpus, ner_checkpoint, output, kill="commit:1").returncode == -signal.SIGKILL
+    replaced = run_job(corpus, other, output, "--overwrite")
+    assert replaced.returncode == 0, replaced.stdout[-3000:]
+    run = json.loads((output / "_run.json").read_text())
+    assert len(run["runs"]) == 1 and run["runs"][0]["rows_processed"] == SHARDS * ROWS
+    assert run["model"]["sha256"] != before["model"]["sha256"]
+
+
+def test_actor_that_always_dies_ends_in_errors_not_a_hang(corpus, ner_checkpoint, tmp_path):
+    """Every model batch kills its actor: bounded restarts run out, every row lands in `_errors`."""
+    output = tmp_path / "out"
+    done = run_job(corpus, ner_checkpoint, output, kill="model_actor:*")
+    assert done.returncode == 0, done.stdout[-3000:]
+    results, errors = read_output(output)
+    assert not results and sorted(errors) == sorted(input_ids(corpus))
+    died = [e for e in errors.values() if e["error"] == "worker_died"]
+    assert died and all(e["stage"] == "infer" and "bounded restarts" in e["message"] for e in died)
+    run = json.loads((output / "_run.json").read_text())
+    assert run["worker_failure"] and run["report"]["errors"] == SHARDS * ROWS
+
+
+def test_ledger_ranges_and_orphans(tmp_path):
+    """Unit level: ranges compact (file, row) pairs; recover keeps committed parts, deletes orphans and temp files."""
+    import fsspec
+
+    from pipeline import ledger
+
+    ranges = ledger.row_ranges(np.array([1, 0, 0, 0, 1]), np.array([7, 2, 0, 1, 5]))
+    assert ranges == {0: [(0, 3)], 1: [(5, 6), (7, 8)]}
+    assert ledger.merge([(5, 8), (0, 3), (3, 4), (7, 9)]) == [(0, 4), (5, 9)]
+    assert ledger.committed_mask(np.arange(10), [(0, 4), (5, 9)]).tolist() == \
+        [True] * 4 + [False] + [True] * 4 + [False]
+    out = tmp_path / "out"
+    (out / "_errors").mkdir(parents=True)
+    for name in ("part-00000-000000000000.parquet", "part-00001-000000000000.parquet",
+                 "_errors/part-00001-000000000003.parquet", ".part-x.parquet.abc.tmp"):
+        (out / name).write_bytes(b"x")
+    ledger.commit(fsspec.filesystem("file"), str(out), ["part-00000-000000000000.parquet"], {0: [(0, 3)]},
+                  {"rows": 3, "errors": 0}, run=1)
+    progress = ledger.recover(str(out))
+    assert progress.committed == {0: [(0, 3)]} and progress.rows_done(0) == 3
+    assert sorted(progress.removed) == [".part-x.parquet.abc.tmp", "_errors/part-00001-000000000003.parquet",
+                                        "part-00001-000000000000.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["_errors", "_progress", "part-00000-000000000000.parquet"]
