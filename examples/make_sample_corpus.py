@@ -5,12 +5,14 @@
 Columns: `id` int64, `text` string, `date` string (a few days, for `--partition-by date`).
 Document lengths are log-normal (median about 60 words) and a few documents are long enough to
 need several 512-token windows. Sentences come from the demo model's word lists and templates,
-so the demo model finds persons, organisations and places in them.
+so the demo model finds persons, organisations and places in them: names come from the model's
+training pools (it hardly knows any other name, see its model card), sentence shapes from all templates.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import random
 import sys
@@ -20,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "demo_model"))
-from synthetic import SentenceMaker, all_pools  # noqa: E402
+from synthetic import SentenceMaker, all_pools, split_pools  # noqa: E402
 
 SEED = 20240301
 SCHEMA = pa.schema([("id", pa.int64(), False), ("text", pa.string(), False), ("date", pa.string(), False)])
@@ -45,7 +47,7 @@ def document(maker: SentenceMaker, rng: random.Random, target_words: int) -> str
 
 def make_corpus(n_docs: int, seed: int = SEED) -> pa.Table:
     rng = random.Random(seed)
-    maker = SentenceMaker(rng, all_pools())
+    maker = SentenceMaker(rng, dataclasses.replace(split_pools()[0], templates=all_pools().templates))
     targets = [max(4, min(2500, round(rng.lognormvariate(math.log(MEDIAN_WORDS), SIGMA)))) for _ in range(n_docs)]
     for i in rng.sample(range(n_docs), min(LONG_DOCS, n_docs)):
         targets[i] = rng.randint(700, 1500)

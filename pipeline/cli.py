@@ -17,6 +17,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
+SECRET_OPTIONS = ("storage_options",)  # their values never appear in an error message
+
 
 class UsageError(Exception):
     """A configuration problem the user must fix; printed as one line."""
@@ -118,7 +120,8 @@ def _one_line(error: ValidationError) -> str:
     for item in error.errors():
         where = "--" + "-".join(str(p) for p in item["loc"]).replace("_", "-") if item["loc"] else "config"
         message = item["msg"].removeprefix("Value error, ")
-        got = f" (got {item['input']!r})" if item["loc"] and item["type"] != "missing" else ""
+        shown = item["loc"] and item["type"] != "missing" and item["loc"][0] not in SECRET_OPTIONS
+        got = f" (got {item['input']!r})" if shown else ""
         parts.append(f"{where}: {message}{got}")
     return "; ".join(parts)
 

@@ -6,14 +6,16 @@ own options in a subclass. Field descriptions are the `--help` texts.
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, field_validator, model_validator
 
 from pipeline.classify_decode import FUNCTIONS, WINDOW_AGGREGATIONS
 from pipeline.embed_decode import LONG_TEXT_MODES
 from pipeline.infer import DEVICES, DTYPES
 from pipeline.ner_decode import AGGREGATIONS
+from pipeline.storage import StorageOptions
 
 
 class JobConfig(BaseModel):
@@ -39,11 +41,32 @@ class JobConfig(BaseModel):
     rows_per_file: int = Field(100_000, ge=1, description="target result rows per output Parquet file")
     partition_by: str | None = Field(None, description="write hive folders COLUMN=value/ (a kept input column)")
     overwrite: bool = Field(False, description="replace an existing output folder")
+    storage_options: SecretStr | None = Field(
+        None, description="JSON object of fsspec options for --input/--output/--model (endpoint_url, key, "
+                          "secret, ...); overrides the AWS environment/profile chain; never logged")
 
     @field_validator("keep_columns", mode="before")
     @classmethod
     def _split_commas(cls, value):
         return _comma_list(value)
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _options_as_json(cls, value):
+        return json.dumps(value) if isinstance(value, dict) else value  # a mapping in the YAML file
+
+    @field_validator("storage_options")
+    @classmethod
+    def _valid_options(cls, value: SecretStr | None):
+        if value is not None:
+            StorageOptions.parse(value.get_secret_value())  # its ValueError never quotes the value
+        return value
+
+    @property
+    def storage(self) -> StorageOptions:
+        """The storage options for this job's URLs (--input, --output and --model)."""
+        text = self.storage_options.get_secret_value() if self.storage_options else None
+        return StorageOptions.parse(text, (self.input, self.output, getattr(self, "model", "")))
 
     @model_validator(mode="after")
     def _check(self):

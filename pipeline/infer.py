@@ -98,7 +98,9 @@ class Infer(Stage):
         self.device = resolve_device(config.device)
         if config.threads and self.device == "cpu":
             torch.set_num_threads(config.threads)
-        self.model = load_model(config.model, config.task, dtype=resolve_dtype(config.dtype, self.device),
+        from models.remote import local_model_folder
+
+        self.model = load_model(local_model_folder(config.model), config.task, dtype=resolve_dtype(config.dtype, self.device),
                                 device=self.device, **dict(config.model_options))
         self.pad_id = self.model.config.pad_token_id or 0
         # Output width from one tiny forward pass, so a batch without windows has the same column type.

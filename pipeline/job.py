@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from collections.abc import Callable
 from importlib import metadata
-from pathlib import Path
 
 from pipeline.cli import UsageError
 from pipeline.config import JobConfig
@@ -28,6 +28,7 @@ from pipeline.read import (
 from pipeline.report import format_report, summarize
 from pipeline.sink import ResultWriter, SinkConfig, finish_output
 from pipeline.stage import ERROR, FILE_INDEX, ROW, SOURCE, ChainError, StageSpec, check_chain
+from pipeline.storage import StorageOptions, configure
 from pipeline.tokenize import Tokenize, TokenizeConfig
 from pipeline.validate import ValidateConfig, ValidateText, check_text_column
 from schemas import results
@@ -89,29 +90,35 @@ class Plan:
     model_actors: int
     rows_per_file: int
     footers: Footers                # rows per input file; shards whose footer cannot be read
+    storage: StorageOptions = StorageOptions()   # configured in every worker (pipeline/storage.py)
 
 
 def inspect_model(folder: str) -> ModelInfo:
     from models import CheckpointError, ConfigError
     from models.loading import fingerprint, read_config, weight_files
+    from models.remote import is_remote, local_model_folder
 
-    if "://" in folder and not folder.startswith("file://"):
-        raise UsageError(f"--model {folder!r}: only local folders are supported for now")
-    path = Path(folder.removeprefix("file://"))
+    try:  # a folder on object storage is copied once into this node's cache (models/remote.py)
+        path = local_model_folder(folder)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--model {folder!r}: {type(error).__name__}: {str(error).splitlines()[0]}") from None
     try:
         family, config = read_config(path)
         files = weight_files(path)
     except (CheckpointError, ConfigError) as error:
         raise UsageError(f"--model {folder!r}: {error}") from None
     offset = config.pad_token_id + 1 if family.roberta_positions and config.pad_token_id is not None else 0
-    return ModelInfo(str(path), tuple(config.labels), fingerprint(files), config.max_position_embeddings - offset)
+    # Stages get the URL of a remote model (each node resolves it to its own cached copy).
+    return ModelInfo(folder if is_remote(folder) else str(path), tuple(config.labels), fingerprint(files),
+                     config.max_position_embeddings - offset)
 
 
 def resolve_max_length(config: JobConfig, model: ModelInfo) -> int:
     """--max-length, else the tokenizer's model_max_length, never beyond the position embeddings."""
     from models import load_tokenizer
+    from models.remote import local_model_folder
 
-    tokenizer = load_tokenizer(model.folder)
+    tokenizer = load_tokenizer(local_model_folder(model.folder))
     limit = min(tokenizer.model_max_length or model.max_tokens, model.max_tokens)
     max_length = config.max_length or limit
     if max_length > model.max_tokens:
@@ -166,6 +173,7 @@ def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
         model_actors=config.model_actors,
         rows_per_file=config.rows_per_file,
         footers=footers,
+        storage=config.storage,
     )
     try:
         check_chain((*read_columns, FILE_INDEX, SOURCE, ROW, ERROR),
@@ -195,6 +203,7 @@ def run_job(config: JobConfig, task: Task) -> dict:
 
     if "://" not in config.output:  # workers must not resolve a relative output against their own cwd
         config = config.model_copy(update={"output": os.path.abspath(config.output)})
+    configure(config.storage)   # before any URL is opened: retries + --storage-options for every filesystem
     plan, model, max_length = build_plan(config, task)
     identity = restart.job_identity(task.name, config, model.fingerprint, plan.files)
     start = restart.open_output(config.output, identity, config.overwrite)
@@ -242,4 +251,7 @@ def run_job(config: JobConfig, task: Task) -> dict:
     }
     finish_output(config.output, run, complete)
     print(format_report(report))
+    if plan.footers.unreadable:
+        print(f"unreadable input files (see {config.output}/_errors): {', '.join(report['unreadable_files'])}",
+              file=sys.stderr, flush=True)
     return run

@@ -23,6 +23,7 @@ from ray.data import ActorPoolStrategy, Datasink
 from pipeline.cli import UsageError
 from pipeline.ledger import kill_point
 from pipeline.stage import Stage, StageSpec
+from pipeline.storage import StorageOptions, configure
 
 TASK_CPUS = 0.25            # read/validate and decode tasks are light and short
 # A CPU request different from the decode tasks' keeps Ray from fusing decode into the write: fused,
@@ -90,19 +91,20 @@ def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], di
     ds = ray.data.from_items([{"file": i} for i in file_indices], override_num_blocks=len(file_indices))
     ds = ds.map_batches(_read_files, fn_kwargs={"read": plan.read, "validate": plan.validate},
                         batch_size=1, batch_format="pyarrow", num_cpus=TASK_CPUS, max_retries=TASK_RETRIES)
-    ds = ds.map_batches(_StageActor, fn_constructor_args=(plan.tokenize,), batch_size=plan.docs_per_batch,
+    ds = ds.map_batches(_StageActor, fn_constructor_args=(plan.tokenize, plan.storage), batch_size=plan.docs_per_batch,
                         batch_format="pyarrow", num_cpus=placement.tokenizer_cpus,
                         compute=ActorPoolStrategy(size=plan.tokenizer_actors),
                         # the Rust tokenizer's thread pool would otherwise use every core of the node
                         runtime_env={"env_vars": {"RAYON_NUM_THREADS": str(max(1, int(placement.tokenizer_cpus)))}},
                         **ACTOR_RETRIES)
-    ds = ds.map_batches(_StageActor, fn_constructor_args=(infer,), batch_size=plan.docs_per_batch,
+    ds = ds.map_batches(_StageActor, fn_constructor_args=(infer, plan.storage), batch_size=plan.docs_per_batch,
                         batch_format="pyarrow", num_cpus=placement.model_cpus,
                         num_gpus=1 if placement.use_gpu else 0,
                         compute=ActorPoolStrategy(size=plan.model_actors), **ACTOR_RETRIES)
-    ds = ds.map_batches(_apply_stage, fn_kwargs={"spec": plan.decode}, batch_size=plan.docs_per_batch,
+    ds = ds.map_batches(_apply_stage, fn_kwargs={"spec": plan.decode, "storage": plan.storage},
+                        batch_size=plan.docs_per_batch,
                         batch_format="pyarrow", num_cpus=TASK_CPUS, max_retries=TASK_RETRIES)
-    sink = ResultDatasink(plan.sink, plan.rows_per_file)
+    sink = ResultDatasink(plan.sink, plan.rows_per_file, plan.storage)
     ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS, "max_retries": TASK_RETRIES})
     return sink.write_results, dataclasses.asdict(placement)
 
@@ -121,14 +123,16 @@ def _read_files(batch: pa.Table, read, validate: StageSpec) -> Iterator[pa.Table
             yield stage(table)
 
 
-def _apply_stage(batch: pa.Table, spec: StageSpec) -> pa.Table:
+def _apply_stage(batch: pa.Table, spec: StageSpec, storage: StorageOptions | None = None) -> pa.Table:
+    configure(storage)
     return _build(spec)(batch)
 
 
 class _StageActor:
     """An actor holding one stage (the tokenizer, or the model) for its lifetime."""
 
-    def __init__(self, spec: StageSpec):
+    def __init__(self, spec: StageSpec, storage: StorageOptions | None = None):
+        configure(storage)  # before the stage opens its model (possibly on object storage)
         self.stage = spec.build()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -141,9 +145,10 @@ class _StageActor:
 class ResultDatasink(Datasink):
     """Hands each write task's rows (at least `rows_per_file`, bundled by Ray) to the ResultWriter."""
 
-    def __init__(self, spec: StageSpec, rows_per_file: int):
+    def __init__(self, spec: StageSpec, rows_per_file: int, storage: StorageOptions | None = None):
         self.spec = spec
         self.rows_per_file = rows_per_file
+        self.storage = storage
         self.write_results: list[dict] = []
 
     @property
@@ -154,6 +159,7 @@ class ResultDatasink(Datasink):
         tables = [b for b in blocks if b.num_rows]
         if not tables:
             return {"rows": 0, "errors": 0, "files": []}
+        configure(self.storage)
         return _build(self.spec)(pa.concat_tables(tables, promote_options="none"))
 
     def on_write_complete(self, write_result) -> None:

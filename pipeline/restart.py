@@ -19,9 +19,10 @@ from pipeline import ledger
 from pipeline.sink import ERRORS_DIR, RUN_FILE, SUCCESS_FILE, prepare_output
 from pipeline.stage import with_errors
 
-# Options that change how the work is spread or how files are cut, never a result row's values.
+# Options that change how the work is spread, how files are cut or how storage is reached (and may hold
+# credentials, never written to the ledger), never a result row's values.
 LAYOUT_ONLY = frozenset({"input", "output", "overwrite", "model", "tokenizer_actors", "model_actors",
-                         "docs_per_batch", "batch_tokens", "rows_per_file", "device"})
+                         "docs_per_batch", "batch_tokens", "rows_per_file", "device", "storage_options"})
 
 
 @dataclasses.dataclass
@@ -99,7 +100,7 @@ def record_unreadable(plan) -> None:
     for index, reason in plan.footers.unreadable:
         table = pa.table({
             config.id_column: pa.nulls(1, config.errors_schema.field(config.id_column).type),
-            "source": [plan.files.display(plan.files.paths[index])], "row": pa.nulls(1, pa.int64()),
+            "source": [plan.files.display(plan.files.paths[index])], "row": [-1],  # -1: the whole file
             "stage": ["read"], "error": ["unreadable_file"], "message": [reason],
         }).cast(config.errors_schema)
         fs.makedirs(f"{root.rstrip('/')}/{ERRORS_DIR}", exist_ok=True)

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from pipeline.ledger import commit, kill_point, row_ranges
 from pipeline.stage import ERROR, FILE_INDEX, ROW, SOURCE, STAT_PREFIX, Stage
+from pipeline.storage import is_object_store
 from schemas import results
 
 ERRORS_DIR = "_errors"
@@ -120,9 +121,13 @@ class ResultWriter(Stage):
             first_row = provenance.column(ROW)[int(start)].as_py()
             name = f"part-{first_file:05d}-{first_row:012d}.parquet"
             final, temporary = f"{directory}/{name}", f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
-            with self.fs.open(temporary, "wb") as handle:
+            # On object stores (no rename; `mv` is copy + delete) one PUT under the final name is the
+            # atomic commit: the object appears only when complete, and a rerun replaces it.
+            target = final if is_object_store(self.fs) else temporary
+            with self.fs.open(target, "wb") as handle:
                 pq.write_table(table.slice(start, end - start).cast(schema), handle)
-            self.fs.mv(temporary, final)
+            if target != final:
+                self.fs.mv(temporary, final)
             written.append(final)
         return written
 

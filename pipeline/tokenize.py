@@ -51,7 +51,9 @@ class Tokenize(Stage):
 
         self.config = config
         self.requires, self.adds, self.removes = self.declare(config)
-        self.tokenizer = load_tokenizer(config.model)
+        from models.remote import local_model_folder
+
+        self.tokenizer = load_tokenizer(local_model_folder(config.model))
 
     @classmethod
     def declare(cls, config: TokenizeConfig):

@@ -68,7 +68,7 @@ def test_every_bad_row_is_accounted_for(corpus, ner_checkpoint, tmp_path):
     assert by_error["null_id"]["id"] is None and by_error["null_id"]["message"] == "'id' is null"
     assert "--max-chars is 200" in by_error["text_too_long"]["message"]
     unreadable = by_error["unreadable_file"]
-    assert unreadable["source"].endswith("c.parquet") and unreadable["row"] is None
+    assert unreadable["source"].endswith("c.parquet") and unreadable["row"] == -1
     run = json.loads((output / "_run.json").read_text())["report"]
     assert run["input_rows"] == run["results"] + run["errors"] == len(ids) + len(ERRORS) + 1
     assert run["unreadable_files"] == [str(corpus / "c.parquet")]

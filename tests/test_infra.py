@@ -166,3 +166,16 @@ def test_dockerfile_installs_torch_before_the_project_from_files_that_exist() ->
     assert {"pyproject.toml", "jobs", "pipeline", "models", "schemas"} <= copied_paths
     workdir = next(a for op, a in steps if op == "WORKDIR")
     assert workdir == IMAGE_WORKDIR, "the KubeRay entrypoints use this path"
+
+
+def test_airflow_dag_defaults_to_the_job_path_inside_the_image() -> None:
+    """The DAG module imports Airflow (not installed here: tests/test_airflow.py runs it); read its constants."""
+    import ast
+
+    tree = ast.parse((INFRA / "airflow" / "dags" / "bertbatch_ner.py").read_text(encoding="utf-8"))
+    constants = {node.targets[0].id: node.value.value for node in tree.body
+                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+                 and isinstance(node.value, ast.Constant)}
+    script, _ = entrypoint_job(f"python {constants['IMAGE_JOB_SCRIPT']}")
+    assert constants["IMAGE_JOB_SCRIPT"].startswith(IMAGE_WORKDIR) and script.is_file()
+    assert constants["DAG_ID"] == "bertbatch_ner"

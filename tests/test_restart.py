@@ -70,6 +70,8 @@ def input_ids(corpus: Path) -> list[str]:
 
 def read_output(output: Path) -> tuple[dict, dict]:
     results = pads.dataset(output, format="parquet").to_table()
+    if "id" not in results.column_names:  # no result file at all
+        results = pa.table({"id": pa.array([], pa.string())})
     errors = pq.read_table(output / "_errors") if (output / "_errors").exists() else pa.table({"id": []})
     ids = results.column("id").to_pylist() + errors.column("id").to_pylist()
     assert len(ids) == len(set(ids)), "a row was written twice"

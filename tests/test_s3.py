@@ -195,3 +195,20 @@ def test_transient_faults_are_retried_and_the_output_is_complete_and_duplicate_f
     assert sorted(ids) == uploaded["ids"], "every row exactly once"
     assert run["report"]["documents"] == ROWS
     assert_no_secrets(logs, *raw)
+
+
+def test_storage_options_merge_over_the_retry_defaults_and_never_print() -> None:
+    from pipeline.config import NerConfig
+    from pipeline.storage import S3_DEFAULTS, StorageOptions, options_for
+
+    text = json.dumps({"secret": FLAG_SECRET, "config_kwargs": {"read_timeout": 5}})
+    storage = StorageOptions.parse(text, ("s3://b/in", "/local/out"))
+    assert FLAG_SECRET not in repr(storage) and FLAG_SECRET not in str(storage)
+    merged = options_for("s3://b/in/x.parquet", storage)
+    assert merged["secret"] == FLAG_SECRET and merged["config_kwargs"]["read_timeout"] == 5
+    assert merged["config_kwargs"]["retries"] == S3_DEFAULTS["config_kwargs"]["retries"]
+    assert options_for("/local/out", storage) == {}
+
+    config = NerConfig(input="s3://b/in", output="s3://b/out", model="s3://b/m", storage_options=text)
+    assert config.storage.as_dict()["secret"] == FLAG_SECRET
+    assert FLAG_SECRET not in repr(config) and FLAG_SECRET not in json.dumps(config.model_dump(), default=str)
