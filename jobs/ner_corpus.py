@@ -9,16 +9,14 @@ Every flag can also come from `--config job.yaml`; flags win. See `--help`.
 from __future__ import annotations
 
 import sys
-import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python jobs/ner_corpus.py` from a checkout, without installing
     sys.path.insert(0, str(REPO))
 
-from pipeline.cli import UsageError, fail, one_line_reason, parse_config  # noqa: E402
 from pipeline.config import NerConfig  # noqa: E402
-from pipeline.job import run_job  # noqa: E402
+from pipeline.entry import job_main  # noqa: E402
 from pipeline.ner_task import NER_TASK  # noqa: E402
 
 PROG = "ner_corpus.py"
@@ -28,21 +26,9 @@ DEMO = ["--input", str(REPO / "examples/sample_corpus"), "--model", str(REPO / "
 
 def main(argv: list[str]) -> int:
     demo = not argv
-    try:
-        config = parse_config(NerConfig, DEMO if demo else argv, PROG, __doc__.splitlines()[0])
-        run = run_job(config, NER_TASK)
-    except (UsageError, FileExistsError) as error:
-        fail(PROG, str(error))
-    except Exception as error:  # noqa: BLE001 - infrastructure failure: traceback above, one-line reason last
-        traceback.print_exc()
-        fail(PROG, one_line_reason(error), status=1)
-    if not run["complete"]:
-        report = run["report"]
-        fail(PROG, f"{report['documents']} of {report['input_rows']} input rows reached results or errors; "
-                   f"no _SUCCESS written in {config.output}", status=1)
+    run = job_main(DEMO if demo else argv, PROG, __doc__.splitlines()[0], NerConfig, lambda c: (c, NER_TASK))
     if demo:
-        show_examples(config.output)
-    print(f"output: {Path(config.output).resolve()}")
+        show_examples(run["config"]["output"])
     return 0
 
 

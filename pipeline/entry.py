@@ -26,7 +26,9 @@ def job_main(argv: list[str], prog: str, description: str, config_cls: type[Base
         fail(prog, one_line_reason(error), status=1)
     if not run["complete"]:
         report = run["report"]
-        fail(prog, f"{report['documents']} of {report['input_rows']} input rows reached results or errors; "
-                   f"no _SUCCESS written in {job_config.output}", status=1)
+        unreadable = report.get("unreadable_files")
+        why = (f"{len(unreadable)} input file(s) could not be read ({', '.join(unreadable)})" if unreadable else
+               f"{report['documents']} of {report['input_rows']} input rows reached results or errors")
+        fail(prog, f"{why}; no _SUCCESS written in {job_config.output}", status=1)
     print(f"output: {job_config.output}")
     return run
