@@ -76,3 +76,24 @@ def test_ner_job_submitted_to_the_cluster_annotates_every_row(cluster: LoopbackC
               if errors_dir.is_dir() and any(errors_dir.iterdir()) else [])
     assert sorted(results + errors) == sorted(ids)
     assert not errors
+
+
+def _ids(folder: Path) -> list:
+    return ds.dataset(folder, format="parquet").to_table(columns=["id"]).column("id").to_pylist()
+
+
+def test_classify_qa_and_embed_jobs_run_under_ray_job_submit(cluster: LoopbackCluster, tmp_path: Path) -> None:
+    """One submission whose entrypoint runs the other three jobs; each joins the cluster on its own."""
+    ids = _write_corpus(tmp_path / "corpus")
+    models = {head: make_checkpoint(tmp_path / f"model-{head}", "bert", head)[0] for head in ("classify", "qa", "base")}
+    common = f"--input {tmp_path / 'corpus'} --max-length 64"
+    script = " && ".join([
+        f"python jobs/classify_corpus.py {common} --output {tmp_path / 'cls'} --model {models['classify']}",
+        f"python jobs/qa_corpus.py {common} --output {tmp_path / 'qa'} --model {models['qa']} --question 'Who works?'",
+        f"python jobs/embed_corpus.py {common} --output {tmp_path / 'emb'} --model {models['base']}",
+    ])
+    status, logs = cluster.submit("bash", "-c", script)
+    assert status == "SUCCEEDED", f"{status}\n{logs[-6000:]}"
+    for name in ("cls", "qa", "emb"):
+        assert (tmp_path / name / "_SUCCESS").is_file(), name
+        assert sorted(_ids(tmp_path / name)) == sorted(ids), name
