@@ -30,5 +30,5 @@ def job_main(argv: list[str], prog: str, description: str, config_cls: type[Base
         why = (f"{len(unreadable)} input file(s) could not be read ({', '.join(unreadable)})" if unreadable else
                f"{report['documents']} of {report['input_rows']} input rows reached results or errors")
         fail(prog, f"{why}; no _SUCCESS written in {job_config.output}", status=1)
-    print(f"output: {job_config.output}")
+    print(f"output: {run['config']['output']}")   # absolute for local outputs
     return run
