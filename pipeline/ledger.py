@@ -10,8 +10,10 @@ input files with sizes and modification times) and one line per run. See docs/re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
+import glob
 import json
 import os
 import re
@@ -162,7 +164,8 @@ def kill_point(point: str) -> None:
     """Test hook (`BERTBATCH_TEST_KILL_AT=<point>:<n|*>`): SIGKILL at the n-th (every) time `point` is reached.
 
     Point `model_actor` kills the calling process (a model actor); every other point kills the
-    driver, with its process group when it leads one (the whole local Ray a test started).
+    driver and, when it leads a session, every process of it at once (the whole local Ray a test
+    started, like a lost machine).
     """
     wanted = os.environ.get(KILL_ENV, "")
     name, _, nth = wanted.partition(":")
@@ -180,7 +183,26 @@ def kill_point(point: str) -> None:
         return
     if point == "model_actor":
         os.kill(os.getpid(), signal.SIGKILL)
-    if os.getpgid(driver) == driver:
-        os.killpg(driver, signal.SIGKILL)
+    for sig in (signal.SIGSTOP, signal.SIGKILL):  # freeze all first: no other worker commits meanwhile
+        for pid in _same_session(driver):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
     os.kill(driver, signal.SIGKILL)
-    os.kill(os.getpid(), signal.SIGKILL)   # Ray workers have their own process group: this one goes too
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _same_session(driver: int) -> list[int]:
+    """The driver, and when it leads a session (as under the tests) every process of it: the local Ray.
+
+    Ray workers have their own process groups, so the driver's group alone would leave them running.
+    """
+    if os.getsid(driver) != driver:
+        return [driver]
+    pids = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            with open(stat) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            if int(fields[3]) == driver and int(stat.split("/")[2]) != os.getpid():
+                pids.append(int(stat.split("/")[2]))
+    return pids
