@@ -1,7 +1,10 @@
 """Side-by-side benchmark: bertbatch against what users would run instead, same model, corpus, machine, one run.
 
-    .venv/bin/python bench/run.py --suite cpu      # BERT-base NER + all-MiniLM-L6-v2 embeddings (~20 min on 2 cores)
+    bash scripts/setup.sh test,bench
+    .venv/bin/python bench/run.py --suite cpu      # BERT-base NER + all-MiniLM-L6-v2 embeddings (~30 min on 2 cores)
     .venv/bin/python bench/run.py --suite smoke    # tiny model and corpus: keeps the harness working (tests)
+
+Each finished step is saved in WORKDIR/steps.json; `--resume` continues a run that was cut off.
 
 Every contender runs in its own process and does the whole job, start-up included; wall time and
 the peak RSS of its process tree (Ray workers included) are measured from outside. Prints a table
@@ -17,7 +20,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,9 +35,9 @@ from bench.workload import bert_base_ner, make_corpus, minilm_folder  # noqa: E4
 
 SUITES = {
     #          NER docs, NER model size (layers, hidden, heads), embed docs, batch-token sweep
-    "smoke": dict(ner_docs=24, ner_size=(2, 64, 4), embed_docs=24, sweep=(1024, 4096), rss_factor=2),
-    "cpu": dict(ner_docs=1000, ner_size=(12, 768, 12), embed_docs=2000, sweep=(2048, 4096, 8192, 16384, 32768),
-                rss_factor=10),
+    "smoke": dict(ner_docs=24, ner_size=(2, 64, 4), embed_docs=24, sweep=(1024, 4096), rss_factor=2, stride=16),
+    "cpu": dict(ner_docs=1000, ner_size=(12, 768, 12), embed_docs=2000, sweep=(2048, 8192, 16384, 32768),
+                rss_factor=10, stride=32),
 }
 
 
@@ -114,35 +116,61 @@ def flops_per_token(layers: int, hidden: int, mean_length: float) -> float:
     return layers * (2 * (4 * hidden * hidden + 2 * hidden * 4 * hidden) + 4 * mean_length * hidden)
 
 
-def run_suite(suite: str, work: Path) -> dict:
+class Steps:
+    """Each finished step's numbers saved at once in WORKDIR/steps.json; `--resume` skips finished steps."""
+
+    def __init__(self, path: Path, resume: bool):
+        self.path = path
+        self.done = json.loads(path.read_text()) if resume and path.is_file() else {}
+
+    def __call__(self, name: str, fn, *args, **kwargs) -> dict:
+        if name not in self.done:
+            started = time.perf_counter()
+            self.done[name] = fn(*args, **kwargs)
+            self.path.write_text(json.dumps(self.done, indent=1, default=str))
+            print(f"[bench] {name}: {time.perf_counter() - started:.0f} s", flush=True)
+        return self.done[name]
+
+
+def run_suite(suite: str, work: Path, resume: bool = False) -> dict:
     spec = SUITES[suite]
+    step = Steps(work / "steps.json", resume)
     layers, hidden, heads = spec["ner_size"]
     ner_model = bert_base_ner(work / f"ner-model-{layers}x{hidden}", layers, hidden, heads)
     ner_corpus = make_corpus(work / f"ner-corpus-{spec['ner_docs']}", spec["ner_docs"])
     embed_corpus = make_corpus(work / f"embed-corpus-{spec['embed_docs']}", spec["embed_docs"], seed=1)
     minilm = minilm_folder()
-    r: dict = {"suite": suite, "matmul": contender("matmul")}
+    stride = spec["stride"]   # long documents: every window, on both sides (no silent truncation at 512)
+    r: dict = {"suite": suite, "matmul": step("matmul", contender, "matmul")}
 
     ner = r["ner"] = {}
-    ner["hf_bs1"] = contender("hf-ner", corpus=ner_corpus, model=ner_model, batch_size=1)
-    ner["hf_bs16_sorted"] = contender("hf-ner", corpus=ner_corpus, model=ner_model, batch_size=16, sort=True)
+    ner["hf_bs1"] = step("ner/hf_bs1", contender, "hf-ner", corpus=ner_corpus, model=ner_model, batch_size=1,
+                         stride=stride)
+    ner["hf_bs16_sorted"] = step("ner/hf_bs16_sorted", contender, "hf-ner", corpus=ner_corpus, model=ner_model,
+                                 batch_size=16, sort=True, stride=stride)
     for dtype in ("float32", "bfloat16"):
-        ner[f"ours_{dtype}"] = our_job("ner", ner_corpus, ner_model, work / f"out-ner-{dtype}", dtype=dtype)
-        ner[f"bare_{dtype}"] = contender("bare", corpus=ner_corpus, model=ner_model, dtype=dtype)
+        ner[f"ours_{dtype}"] = step(f"ner/ours_{dtype}", our_job, "ner", ner_corpus, ner_model,
+                                    work / f"out-ner-{dtype}", dtype=dtype, stride=stride)
+        ner[f"bare_{dtype}"] = step(f"ner/bare_{dtype}", contender, "bare", corpus=ner_corpus, model=ner_model,
+                                    dtype=dtype, stride=stride)
     ner["agreement_bf16"] = entity_agreement(work / "out-ner-float32", work / "out-ner-bfloat16")
 
     emb = r["embed"] = {}
-    emb["st_bs32"] = contender("st-embed", corpus=embed_corpus, model=minilm, batch_size=32)
+    emb["st_bs32"] = step("embed/st_bs32", contender, "st-embed", corpus=embed_corpus, model=minilm, batch_size=32)
     for dtype in ("float32", "bfloat16"):
-        emb[f"ours_{dtype}"] = our_job("embed", embed_corpus, minilm, work / f"out-embed-{dtype}", dtype=dtype)
-        emb[f"bare_{dtype}"] = contender("bare", task="embed", corpus=embed_corpus, model=minilm, dtype=dtype)
+        emb[f"ours_{dtype}"] = step(f"embed/ours_{dtype}", our_job, "embed", embed_corpus, minilm,
+                                    work / f"out-embed-{dtype}", dtype=dtype)
+        emb[f"bare_{dtype}"] = step(f"embed/bare_{dtype}", contender, "bare", task="embed", corpus=embed_corpus,
+                                    model=minilm, dtype=dtype)
     emb["agreement_bf16"] = embedding_agreement(work / "out-embed-float32", work / "out-embed-bfloat16")
 
-    r["sweep"] = {n: our_job("embed", embed_corpus, minilm, work / "out-sweep", dtype="bfloat16", batch_tokens=n)
-                  for n in spec["sweep"]}
-    big = make_corpus(work / f"embed-corpus-x{spec['rss_factor']}", spec["embed_docs"] * spec["rss_factor"], seed=2)
+    r["sweep"] = {n: step(f"sweep/{n}", our_job, "embed", embed_corpus, minilm, work / "out-sweep",
+                          dtype="bfloat16", batch_tokens=n) for n in spec["sweep"]}
+    factor = spec["rss_factor"]
+    big = make_corpus(work / f"embed-corpus-x{factor}", spec["embed_docs"] * factor, seed=2)
     r["rss"] = {"1x": emb["ours_bfloat16"]["peak_rss_mb"],
-                f"{spec['rss_factor']}x": our_job("embed", big, minilm, work / "out-rss", dtype="bfloat16")["peak_rss_mb"]}
+                f"{factor}x": step(f"rss/{factor}x", our_job, "embed", big, minilm, work / "out-rss",
+                                   dtype="bfloat16")["peak_rss_mb"]}
     mean_len = ner["ours_float32"]["real_tokens"] / max(ner["ours_float32"]["docs"], 1)
     r["flops_per_token"] = flops_per_token(layers, hidden, mean_len)
     return r
@@ -220,10 +248,13 @@ def write_results(r: dict, text: str, path: Path) -> None:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=sorted(SUITES), default="cpu")
-    parser.add_argument("--workdir", type=Path, default=None, help="where corpora, models and outputs go")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where corpora, models, outputs and steps.json go (default: bench/.work/SUITE)")
+    parser.add_argument("--resume", action="store_true", help="keep the finished steps of an earlier run in --workdir")
     args = parser.parse_args(argv)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="bertbatch-bench-"))
-    r = run_suite(args.suite, work)
+    work = args.workdir or REPO / "bench" / ".work" / args.suite
+    work.mkdir(parents=True, exist_ok=True)
+    r = run_suite(args.suite, work, args.resume)
     text = table(r)
     print(text)
     target = REPO / "bench" if args.suite == "cpu" else work

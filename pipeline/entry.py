@@ -27,8 +27,12 @@ def job_main(argv: list[str], prog: str, description: str, config_cls: type[Base
     if not run["complete"]:
         report = run["report"]
         unreadable = report.get("unreadable_files")
-        why = (f"{len(unreadable)} input file(s) could not be read ({', '.join(unreadable)})" if unreadable else
-               f"{report['documents']} of {report['input_rows']} input rows reached results or errors")
+        if unreadable:
+            why = f"{len(unreadable)} input file(s) could not be read ({', '.join(unreadable)})"
+        elif report.get("unreadable_rows"):
+            why = f"{report['unreadable_rows']} input rows could not be decoded (corrupt_data in _errors)"
+        else:
+            why = f"{report['documents']} of {report['input_rows']} input rows reached results or errors"
         fail(prog, f"{why}; no _SUCCESS written in {job_config.output}", status=1)
     print(f"output: {run['config']['output']}")   # absolute for local outputs
     return run

@@ -16,6 +16,7 @@ from importlib import metadata
 from pipeline.cli import UsageError
 from pipeline.config import JobConfig
 from pipeline.infer import Infer, InferConfig
+from pipeline.lease import Lease
 from pipeline.read import (
     Footers,
     InputError,
@@ -199,18 +200,31 @@ def version(package: str) -> str:
 
 def run_job(config: JobConfig, task: Task) -> dict:
     """Build, start or resume in the output (docs/restart.md), run on Ray, write `_run.json` (+ `_SUCCESS`)."""
-    from pipeline import ledger, ray_plan, restart
+    from pipeline import restart
 
     if "://" not in config.output:  # workers must not resolve a relative output against their own cwd
         config = config.model_copy(update={"output": os.path.abspath(config.output)})
     configure(config.storage)   # before any URL is opened: retries + --storage-options for every filesystem
     plan, model, max_length = build_plan(config, task)
     identity = restart.job_identity(task.name, config, model.fingerprint, plan.files)
+    lease = Lease(config.output)
+    lease.check_free()      # before open_output, which may empty the folder (--overwrite)
     start = restart.open_output(config.output, identity, config.overwrite)
     if start.finished is not None:
         print(f"bertbatch {task.name}: {config.output} is already complete (_SUCCESS, "
               f"{start.finished['report']['documents']} rows); nothing to do", flush=True)
         return start.finished
+    lease.acquire()
+    try:
+        return _run(config, task, plan, model, max_length, identity, start)
+    finally:
+        lease.release()
+
+
+def _run(config: JobConfig, task: Task, plan: Plan, model, max_length: int, identity: dict, start) -> dict:
+    """Run the rows earlier runs left, write `_run.json` and, when every row is accounted for, `_SUCCESS`."""
+    from pipeline import ledger, ray_plan, restart
+
     plan, pending = restart.resume_plan(plan, start)
     print(f"bertbatch {task.name}: {len(plan.files.paths)} input files under {config.input} -> {config.output} "
           f"(model {config.model}, sha256 {model.fingerprint[:12]}, max_length {max_length}; run {start.run}, "
@@ -223,18 +237,21 @@ def run_job(config: JobConfig, task: Task) -> dict:
     placement, failure = {}, None
     if pending:
         ray_plan.init_ray()
+        ledger.clear_in_flight(config.output)   # markers of a killed earlier run
         try:
             placement = ray_plan.execute(plan, pending)[1]
         except Exception as error:
             if not restart.worker_died(error):
                 raise
-            failure = restart.fail_remaining(plan, config.output, error)
+            failure = restart.isolate_crashes(plan, config.output, error, ray_plan.execute)
+            print(f"bertbatch {task.name}: worker processes died beyond their retries; {failure['rows']} rows "
+                  f"are worker_died errors in {config.output}/_errors", file=sys.stderr, flush=True)
     wall = time.perf_counter() - started
     progress = ledger.recover(config.output)
     input_rows = sum(n for n in plan.footers.rows if n is not None)
     report = summarize([{**e["counters"], "files": e["files"]} for e in progress.entries], input_rows, wall)
     report["unreadable_files"] = [plan.files.display(plan.files.paths[i]) for i, _ in plan.footers.unreadable]
-    complete = report["documents"] == input_rows and not plan.footers.unreadable
+    complete = report["documents"] == input_rows and not plan.footers.unreadable and not report["unreadable_rows"]
     run = {
         "task": task.name,
         "config": {**config.model_dump(), "max_length": max_length},

@@ -27,6 +27,7 @@ import numpy as np
 
 PROGRESS_DIR = "_progress"
 JOB_FILE = "_job.json"
+IN_FLIGHT_DIR = ".in_flight"            # markers of batches an actor is working on (mark_in_flight)
 KILL_ENV = "BERTBATCH_TEST_KILL_AT"     # test hook: `<point>:<n>` kills at the n-th time `point` is reached
 DRIVER_PID_ENV = "BERTBATCH_DRIVER_PID"
 # Files a write task may leave: results (also below hive folders), errors, and their temporary names.
@@ -93,6 +94,64 @@ def commit(fs, root: str, files: list[str], ranges: dict[int, Ranges], counters:
     fs.makedirs(_join(root, PROGRESS_DIR), exist_ok=True)
     entry = {"run": run, "files": files, "ranges": {str(k): v for k, v in ranges.items()}, "counters": counters}
     _put_json(fs, _join(root, PROGRESS_DIR, name), entry)
+
+
+def mark_in_flight(output: str, stage: str, file_index: np.ndarray, rows: np.ndarray) -> str | None:
+    """Note a batch's input rows before a model or tokenizer actor works on it; `done_in_flight` removes it.
+
+    A marker left behind names rows whose batch never finished: after a worker crash that outlived
+    its retries, these (not every uncommitted row) are the suspects (`in_flight`). The name is the
+    stage and the batch's first row, so a retried batch finds its marker (and counts the attempt)
+    and clears it when it finishes.
+    """
+    if not len(rows):
+        return None
+    fs, root = fsspec.core.url_to_fs(output)
+    ranges = row_ranges(file_index, rows)
+    first = min(ranges)
+    path = _join(root, PROGRESS_DIR, IN_FLIGHT_DIR, f"{stage}-{first:05d}-{ranges[first][0][0]:012d}.json")
+    fs.makedirs(_join(root, PROGRESS_DIR, IN_FLIGHT_DIR), exist_ok=True)
+    attempts = 1
+    with contextlib.suppress(FileNotFoundError, ValueError), fs.open(path, "r") as handle:
+        attempts += json.load(handle)["attempts"]
+    _put_json(fs, path, {"ranges": {str(k): v for k, v in ranges.items()}, "attempts": attempts})
+    return path
+
+
+def done_in_flight(output: str, path: str | None) -> None:
+    if path is not None:
+        fs, _ = fsspec.core.url_to_fs(output)
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(path)
+
+
+def in_flight(output: str) -> dict[int, Ranges]:
+    """The rows of the batches still marked in flight that were tried most often, merged per input file.
+
+    A batch that killed its actor was retried, so it has more attempts than the batches that
+    were merely interrupted when the failed execution stopped; all count when none was retried.
+    """
+    fs, root = fsspec.core.url_to_fs(output)
+    folder = _join(root, PROGRESS_DIR, IN_FLIGHT_DIR)
+    markers = []
+    for path in fs.ls(folder, detail=False) if fs.exists(folder) else []:
+        if path.endswith(".json") and not path.rsplit("/", 1)[-1].startswith("."):
+            with fs.open(path, "r") as handle:
+                markers.append(json.load(handle))
+    most = max((m["attempts"] for m in markers), default=1)
+    found: dict[int, Ranges] = {}
+    for marker in markers:
+        if marker["attempts"] == most:
+            for file_index, ranges in marker["ranges"].items():
+                found.setdefault(int(file_index), []).extend(tuple(r) for r in ranges)
+    return {k: merge(v) for k, v in found.items()}
+
+
+def clear_in_flight(output: str) -> None:
+    fs, root = fsspec.core.url_to_fs(output)
+    folder = _join(root, PROGRESS_DIR, IN_FLIGHT_DIR)
+    if fs.exists(folder):
+        fs.rm(folder, recursive=True)
 
 
 @dataclasses.dataclass
@@ -189,6 +248,15 @@ def kill_point(point: str) -> None:
                 os.kill(pid, sig)
     os.kill(driver, signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_for_rows(point: str, file_index: np.ndarray, rows: np.ndarray) -> None:
+    """Test hook (`BERTBATCH_TEST_KILL_AT=<point>:<file>/<row>`): SIGKILL this process whenever its batch holds that row."""
+    name, _, where = os.environ.get(KILL_ENV, "").partition(":")
+    if name == point:
+        file, row = (int(x) for x in where.split("/"))
+        if np.any((file_index == file) & (rows == row)):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _same_session(driver: int) -> list[int]:

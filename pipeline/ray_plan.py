@@ -3,10 +3,12 @@
     one block per file → read+validate (tasks) → tokenize (CPU actor pool) → infer (model actor pool,
     one GPU each when there are GPUs) → decode (tasks) → ResultDatasink (write tasks)
 
-CPU budget: model actors on CPU get the CPUs left after the tokenizer actors and a reserve for
-the read/decode/write tasks; their torch intra-op threads equal the CPUs they were given (Ray
-sets OMP_NUM_THREADS=1 in workers). Without that reserve the tasks could wait forever for a CPU
-held by an idle actor.
+CPU budget: model actors on CPU reserve (in Ray's accounting) the CPUs left after the tokenizer
+actors and a reserve for the read/decode/write tasks; without that reserve the tasks could wait
+forever for a CPU held by an idle actor. Their torch intra-op threads (Ray sets OMP_NUM_THREADS=1
+in workers) are the node's cores shared by the model actors on it: the tokenizer and the tasks
+are light next to an encoder (a few % of its time, bench/RESULTS.md), so leaving them whole
+cores would idle those cores (on 2 cores: half the machine).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
@@ -21,8 +24,8 @@ import ray
 from ray.data import ActorPoolStrategy, Datasink
 
 from pipeline.cli import UsageError
-from pipeline.ledger import kill_point
-from pipeline.stage import Stage, StageSpec
+from pipeline.ledger import done_in_flight, kill_for_rows, kill_point, mark_in_flight
+from pipeline.stage import FILE_INDEX, ROW, Stage, StageSpec
 from pipeline.storage import StorageOptions, configure
 
 TASK_CPUS = 0.25            # read/validate and decode tasks are light and short
@@ -31,6 +34,8 @@ TASK_CPUS = 0.25            # read/validate and decode tasks are light and short
 WRITE_CPUS = 0.2
 # Ray Data restarts a dead actor, and retries its task, forever by default: a batch that kills its
 # actor every time would hang the job. Bounded, the run fails instead and job.py accounts for the rows.
+# Ray 2.60 has no named parameter for these and warns that **ray_remote_args goes away in 2.64
+# (pyproject pins ray below it); the warning is filtered where they are passed.
 ACTOR_RETRIES = {"max_restarts": 2, "max_task_retries": 2}
 TASK_RETRIES = 2            # read/decode/write tasks whose worker process died
 _BUILT: dict[StageSpec, Stage] = {}   # per worker process: stages used by tasks are built once
@@ -55,8 +60,11 @@ class Placement:
 
 
 def place(device: str, tokenizer_actors: int, model_actors: int, cluster_cpus: float,
-          cluster_gpus: float) -> Placement:
-    """Resources per actor; model actors get a GPU each when `device` allows and the cluster has them."""
+          cluster_gpus: float, node_cpus: float | None = None) -> Placement:
+    """Resources per actor; model actors get a GPU each when `device` allows and the cluster has them.
+
+    `node_cpus`: CPUs of one (the largest) node; default: one node holding all of `cluster_cpus`.
+    """
     use_gpu = device != "cpu" and cluster_gpus >= 1
     if device == "cuda" and not use_gpu:
         raise UsageError("--device cuda: the Ray cluster has no GPU; use --device auto or cpu")
@@ -71,15 +79,18 @@ def place(device: str, tokenizer_actors: int, model_actors: int, cluster_cpus: f
     if model_cpus < 0.25:
         raise UsageError(f"--model-actors {model_actors} and --tokenizer-actors {tokenizer_actors} "
                          f"do not fit in {cluster_cpus:g} CPUs; use fewer actors")
-    return Placement(False, tokenizer_cpus, model_cpus, max(1, math.floor(model_cpus)))
+    node_cpus = node_cpus or cluster_cpus
+    per_node = math.ceil(model_actors / max(1, round(cluster_cpus / node_cpus)))
+    return Placement(False, tokenizer_cpus, model_cpus, max(1, math.floor(node_cpus / per_node)))
 
 
 def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], dict]:
     """Run the plan over the given input files (default: all); return (what each write returned, placement)."""
     init_ray()
     resources = ray.cluster_resources()
+    node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=None)
     placement = place(plan.infer.config.device, plan.tokenizer_actors, plan.model_actors,
-                      resources.get("CPU", 1.0), resources.get("GPU", 0.0))
+                      resources.get("CPU", 1.0), resources.get("GPU", 0.0), node_cpus)
     infer = dataclasses.replace(
         plan.infer, config=dataclasses.replace(
             plan.infer.config, device="cuda" if placement.use_gpu else "cpu",
@@ -89,24 +100,38 @@ def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], di
     if file_indices is None:
         file_indices = list(range(len(plan.files.paths)))
     ds = ray.data.from_items([{"file": i} for i in file_indices], override_num_blocks=len(file_indices))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+        ds = _operators(ds, plan, infer, placement)
+    sink = ResultDatasink(plan.sink, plan.rows_per_file, plan.storage)
+    try:
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS, "max_retries": TASK_RETRIES})
+    except BaseException:
+        ray.shutdown()   # ends the failed execution's stray tasks: none may commit while the driver handles it
+        raise
+    return sink.write_results, dataclasses.asdict(placement)
+
+
+def _operators(ds: ray.data.Dataset, plan, infer: StageSpec, placement: Placement) -> ray.data.Dataset:
+    """read+validate (tasks) → tokenize (actors) → infer (actors) → decode (tasks)."""
     ds = ds.map_batches(_read_files, fn_kwargs={"read": plan.read, "validate": plan.validate},
                         batch_size=1, batch_format="pyarrow", num_cpus=TASK_CPUS, max_retries=TASK_RETRIES)
-    ds = ds.map_batches(_StageActor, fn_constructor_args=(plan.tokenize, plan.storage), batch_size=plan.docs_per_batch,
+    output = plan.sink.config.output
+    ds = ds.map_batches(_StageActor, fn_constructor_args=(plan.tokenize, plan.storage, output),
+                        batch_size=plan.docs_per_batch,
                         batch_format="pyarrow", num_cpus=placement.tokenizer_cpus,
                         compute=ActorPoolStrategy(size=plan.tokenizer_actors),
                         # the Rust tokenizer's thread pool would otherwise use every core of the node
                         runtime_env={"env_vars": {"RAYON_NUM_THREADS": str(max(1, int(placement.tokenizer_cpus)))}},
                         **ACTOR_RETRIES)
-    ds = ds.map_batches(_StageActor, fn_constructor_args=(infer, plan.storage), batch_size=plan.docs_per_batch,
+    ds = ds.map_batches(_StageActor, fn_constructor_args=(infer, plan.storage, output), batch_size=plan.docs_per_batch,
                         batch_format="pyarrow", num_cpus=placement.model_cpus,
                         num_gpus=1 if placement.use_gpu else 0,
                         compute=ActorPoolStrategy(size=plan.model_actors), **ACTOR_RETRIES)
     ds = ds.map_batches(_apply_stage, fn_kwargs={"spec": plan.decode, "storage": plan.storage},
                         batch_size=plan.docs_per_batch,
                         batch_format="pyarrow", num_cpus=TASK_CPUS, max_retries=TASK_RETRIES)
-    sink = ResultDatasink(plan.sink, plan.rows_per_file, plan.storage)
-    ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS, "max_retries": TASK_RETRIES})
-    return sink.write_results, dataclasses.asdict(placement)
+    return ds
 
 
 def _build(spec: StageSpec) -> Stage:
@@ -129,17 +154,27 @@ def _apply_stage(batch: pa.Table, spec: StageSpec, storage: StorageOptions | Non
 
 
 class _StageActor:
-    """An actor holding one stage (the tokenizer, or the model) for its lifetime."""
+    """An actor holding one stage (the tokenizer, or the model) for its lifetime.
 
-    def __init__(self, spec: StageSpec, storage: StorageOptions | None = None):
+    Each batch is marked in flight in the output's ledger while the stage works on it, so the rows
+    of a batch that keeps killing its actor can be told apart (restart.isolate_crashes).
+    """
+
+    def __init__(self, spec: StageSpec, storage: StorageOptions | None, output: str):
         configure(storage)  # before the stage opens its model (possibly on object storage)
         self.stage = spec.build()
+        self.output = output
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        files, rows = batch.column(FILE_INDEX).to_numpy(), batch.column(ROW).to_numpy()
+        marker = mark_in_flight(self.output, self.stage.name, files, rows)
         if self.stage.name == "infer":  # test hooks: kill the driver, or this actor, mid-inference
             kill_point("infer")
             kill_point("model_actor")
-        return self.stage(batch)
+            kill_for_rows("model_row", files, rows)
+        result = self.stage(batch)
+        done_in_flight(self.output, marker)
+        return result
 
 
 class ResultDatasink(Datasink):

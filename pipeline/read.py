@@ -9,6 +9,8 @@ Hive folder names (`date=2026-01-01/`) become string columns unless the file has
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import time
 from collections.abc import Iterator
 
 import fsspec
@@ -20,6 +22,7 @@ from pipeline.ledger import committed_mask
 from pipeline.stage import ERROR, ERROR_TYPE, FILE_INDEX, ROW, SOURCE
 
 GLOB_CHARS = "*?["
+READ_ATTEMPTS = 3           # reads of a row group before its rows become `corrupt_data` error rows
 
 
 class InputError(ValueError):
@@ -140,23 +143,70 @@ class ReadFile:
 
     def __call__(self, file_index: int) -> Iterator[pa.Table]:
         path = self.files.paths[file_index]
+        source = self.files.display(path)
         partitions = self.files.partition_values(path)
+        done = list(dict(self.committed).get(file_index, ()))
         with self.files.fs.open(path, "rb") as handle:
             parquet = pq.ParquetFile(handle)
             in_file = [c for c in self.columns if c in parquet.schema_arrow.names]
-            first_row = 0
-            done = dict(self.committed).get(file_index, ())
-            for batch in parquet.iter_batches(batch_size=self.block_rows, columns=in_file):
-                table = pa.Table.from_batches([batch])
-                block = self._with_provenance(table, partitions, file_index, self.files.display(path), first_row)
-                first_row += table.num_rows
-                if done:
-                    block = block.filter(~committed_mask(block.column(ROW).to_numpy(), list(done)))
-                if block.num_rows or not done:
-                    yield block
+            first_row, buffered = 0, []
+            groups = (t for g in range(parquet.num_row_groups) for t in self._row_group(parquet, path, g, in_file))
+            for table in itertools.chain(groups, [None]):   # small row groups are joined up to block_rows
+                if table is not None:
+                    buffered.append(table)
+                if buffered and (table is None or sum(t.num_rows for t in buffered) >= self.block_rows):
+                    table = pa.concat_tables(buffered)
+                    buffered = []
+                    block = self._with_provenance(table, partitions, file_index, source, first_row)
+                    first_row += table.num_rows
+                    if done:
+                        block = block.filter(~committed_mask(block.column(ROW).to_numpy(), done))
+                    if block.num_rows or not done:
+                        yield block
             if first_row == 0:  # an empty file still has a schema downstream stages can rely on
                 empty = parquet.schema_arrow.empty_table().select(in_file)
-                yield self._with_provenance(empty, partitions, file_index, self.files.display(path), 0)
+                yield self._with_provenance(empty, partitions, file_index, source, 0)
+
+    def _row_group(self, parquet: pq.ParquetFile, path: str, group: int, columns: list[str]) -> Iterator[pa.Table]:
+        """The row group in blocks; pages that cannot be decoded after READ_ATTEMPTS become error rows.
+
+        Storage errors are retried by the filesystem (pipeline/storage.py) and again here with a fresh
+        handle, so only a failure that repeats (corrupt pages) turns the group's remaining rows into
+        `corrupt_data` error rows; the file's other row groups are still read.
+        """
+        rows, read, failure = parquet.metadata.row_group(group).num_rows, 0, None
+        for attempt in range(READ_ATTEMPTS):
+            if attempt:
+                time.sleep(0.5 * attempt)
+                parquet = pq.ParquetFile(self.files.fs.open(path, "rb"))
+            try:
+                skip = read
+                for batch in parquet.iter_batches(batch_size=self.block_rows, row_groups=[group], columns=columns):
+                    table = pa.Table.from_batches([batch]).slice(min(skip, batch.num_rows))
+                    skip -= batch.num_rows - table.num_rows
+                    read += table.num_rows
+                    if table.num_rows:
+                        yield table.append_column(ERROR, pa.nulls(table.num_rows, ERROR_TYPE))
+                return
+            except (OSError, pa.ArrowException) as error:
+                failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        yield self._unreadable_rows(parquet, group, columns, read, rows, failure)
+
+    def _unreadable_rows(self, parquet: pq.ParquetFile, group: int, columns: list[str], start: int, rows: int,
+                         failure: str) -> pa.Table:
+        """Rows start..rows of a row group that cannot be decoded: their ids when those still decode, else null."""
+        schema = parquet.schema_arrow
+        table = pa.table({c: pa.nulls(rows - start, schema.field(c).type) for c in columns})
+        try:
+            ids = parquet.read_row_group(group, columns=[self.columns[0]]).column(0).slice(start)
+            table = table.set_column(table.schema.get_field_index(self.columns[0]), self.columns[0], ids)
+        except (OSError, pa.ArrowException, KeyError):
+            pass
+        message = (f"row group {group} (its rows {start}-{rows - 1}) cannot be decoded after {READ_ATTEMPTS} "
+                   f"attempts: {failure}")
+        error = pa.array([{"stage": "read", "error": "corrupt_data", "message": message}] * table.num_rows,
+                         ERROR_TYPE)
+        return table.append_column(ERROR, error)
 
     def _with_provenance(self, table: pa.Table, partitions: dict[str, str], file_index: int,
                          source: str, first_row: int) -> pa.Table:
@@ -166,10 +216,11 @@ class ReadFile:
                 if column not in partitions:
                     raise InputError(f"column {column!r} missing in {source}")
                 table = table.append_column(column, pa.array([partitions[column]] * n, pa.string()))
+        error = table.column(ERROR) if ERROR in table.column_names else pa.nulls(n, ERROR_TYPE)  # read errors
         table = table.select(list(self.columns))
         return (
             table.append_column(FILE_INDEX, pa.array([file_index] * n, pa.int32()))
             .append_column(SOURCE, pa.array([source] * n, pa.string()))
             .append_column(ROW, pa.array(np.arange(first_row, first_row + n, dtype=np.int64)))
-            .append_column(ERROR, pa.nulls(n, ERROR_TYPE))
+            .append_column(ERROR, error)
         )

@@ -35,6 +35,7 @@ def summarize(write_results: Iterable[dict], input_rows: int, wall_seconds: floa
         "documents": documents,
         "results": int(totals.get("rows", 0)),
         "errors": int(totals.get("errors", 0)),
+        "unreadable_rows": int(totals.get("unreadable_rows", 0)),
         "files": files,
         "windows": int(totals.get("windows", 0)),
         "real_tokens": tokens,

@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 
 from pipeline import ledger
 from pipeline.sink import ERRORS_DIR, RUN_FILE, SUCCESS_FILE, prepare_output
-from pipeline.stage import with_errors
+from pipeline.stage import ROW, with_errors
 
+ISOLATION_PASSES = 3        # runs after a fatal worker crash, each without the batches it was working on
 # Options that change how the work is spread, how files are cut or how storage is reached (and may hold
 # credentials, never written to the ledger), never a result row's values.
 LAYOUT_ONLY = frozenset({"input", "output", "overwrite", "model", "tokenizer_actors", "model_actors",
@@ -121,23 +122,64 @@ def worker_died(error: BaseException) -> bool:
     return False
 
 
-def fail_remaining(plan, output: str, error: BaseException) -> str:
-    """After the retries are spent, every uncommitted row becomes an error row naming the failure.
-
-    Which rows killed the worker is unknown, so all rows not committed yet are marked; a rerun with
-    --overwrite (or fewer rows) redoes them. Reads on the driver, one block at a time.
-    """
-    reason = f"a worker process died and its bounded restarts were spent: {str(error).splitlines()[0][:300]}"
+def uncommitted(plan, output: str):
+    """The plan reading only rows no entry commits yet, and the input files that still have some."""
     progress = ledger.recover(output)
     committed = tuple((i, tuple(r)) for i, r in sorted(progress.committed.items()))
-    read = dataclasses.replace(plan.read, committed=committed)
-    validate, writer = plan.validate.build(), plan.sink.build()
-    for index, rows in enumerate(plan.footers.rows):
-        if rows is None or progress.rows_done(index) >= rows:
+    plan = dataclasses.replace(plan, read=dataclasses.replace(plan.read, committed=committed))
+    pending = [i for i, rows in enumerate(plan.footers.rows)
+               if rows is not None and progress.rows_done(i) < rows]
+    return plan, pending
+
+
+def fail_rows(plan, output: str, reason: str, only: dict[int, ledger.Ranges] | None = None) -> int:
+    """Commit the uncommitted rows (of `only`'s ranges, or all) as `worker_died` error rows; return how many.
+
+    Reads on the driver, one block at a time, through the same validate and write stages.
+    """
+    plan, pending = uncommitted(plan, output)
+    validate, writer, marked = plan.validate.build(), plan.sink.build(), 0
+    for index in pending:
+        if only is not None and index not in only:
             continue
-        for block in read(index):
+        for block in plan.read(index):
+            if only is not None:
+                block = block.filter(ledger.committed_mask(block.column(ROW).to_numpy(), only[index]))
             if block.num_rows:
                 block = with_errors(validate(block), {i: ("infer", "worker_died", reason)
                                                       for i in range(block.num_rows)})
                 writer(block)
-    return reason
+                marked += block.num_rows
+    return marked
+
+
+def isolate_crashes(plan, output: str, error: BaseException, execute) -> dict:
+    """After a worker crash outlived its retries: the batches it was working on become error rows, the rest goes on.
+
+    The batches still marked in flight (ledger.mark_in_flight) are the suspects: their rows are
+    committed as `worker_died` errors and the run continues without them, up to ISOLATION_PASSES
+    times. A crash with no marked batch, or one more after the last pass, marks every row not
+    committed yet. `execute(plan, pending)` runs a pass; returns what `_run.json.worker_failure` holds.
+    """
+    failures = []
+    for _ in range(ISOLATION_PASSES + 1):
+        reason = (f"a worker process died on this batch and its bounded restarts were spent: "
+                  f"{str(error).splitlines()[0][:300]}")
+        suspects = ledger.in_flight(output)
+        ledger.clear_in_flight(output)
+        if not suspects or len(failures) == ISOLATION_PASSES:
+            rows = fail_rows(plan, output, reason.replace("on this batch", "before this row was done"))
+            failures.append({"error": reason, "rows": rows, "isolated": False})
+            break
+        failures.append({"error": reason, "rows": fail_rows(plan, output, reason, suspects), "isolated": True})
+        resumed, pending = uncommitted(plan, output)
+        if not pending:
+            break
+        try:
+            execute(resumed, pending)
+            break
+        except Exception as again:
+            if not worker_died(again):
+                raise
+            error = again
+    return {"passes": failures, "rows": sum(f["rows"] for f in failures)}

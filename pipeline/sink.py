@@ -69,7 +69,8 @@ class ResultWriter(Stage):
             files += self._write_results(ok)
         if errors.num_rows:
             files += self._write(self._errors_table(errors), ERRORS_DIR, self.config.errors_schema, errors)
-        counters = {"rows": ok.num_rows, "errors": errors.num_rows, **_stat_sums(table)}
+        counters = {"rows": ok.num_rows, "errors": errors.num_rows, **_stat_sums(table),
+                    "unreadable_rows": _count_errors(errors, UNREADABLE_ERRORS)}
         kill_point("write")
         if table.num_rows:  # the ledger entry is the commit: files renamed before it are orphans until then
             relative = [f[len(self.root.rstrip("/")):].lstrip("/") for f in files]
@@ -132,6 +133,13 @@ class ResultWriter(Stage):
         return written
 
 
+def _count_errors(errors: pa.Table, kinds: tuple[str, ...]) -> int:
+    if not errors.num_rows:
+        return 0
+    kind = pc.struct_field(errors.column(ERROR), "error")
+    return pc.sum(pc.is_in(kind, pa.array(kinds))).as_py() or 0
+
+
 def _stat_sums(table: pa.Table) -> dict:
     """Sum each `_stat_*` counter over the batch (missing when a stage never ran on these rows)."""
     sums = {}
@@ -141,6 +149,9 @@ def _stat_sums(table: pa.Table) -> dict:
             sums[name[len(STAT_PREFIX):]] = total or 0
     return sums
 
+
+# Error rows whose input could not be read: an output holding any is never complete (no _SUCCESS).
+UNREADABLE_ERRORS = ("corrupt_data",)
 
 # What a previous run may have left: the only entries --overwrite deletes (never a user's other files).
 OUR_ENTRIES = re.compile(r"^(part-.*\.parquet|_errors|_progress|_run\.json|_SUCCESS|\..*\.tmp|[^/=]+=[^/]*)$")

@@ -47,7 +47,21 @@ def corpus(tmp_path_factory) -> Path:
         pq.write_table(pa.table({"id": pa.array([r[0] for r in part], pa.string()),
                                  "text": text_array([r[1] for r in part])}), folder / f"{name}.parquet")
     (folder / "c.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    write_corrupt_second_row_group(folder / "d.parquet")
     return folder
+
+
+def write_corrupt_second_row_group(path: Path) -> None:
+    """Rows d0..d9 in two row groups; the footer and the ids read, the second group's text pages do not."""
+    texts = [f"John Smith number {i} lives in Paris" for i in range(10)]
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(10)], "text": texts}), path, row_group_size=5,
+                   compression="zstd")
+    chunk = pq.ParquetFile(path).metadata.row_group(1).column(1)
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data = bytearray(path.read_bytes())
+    for k in range(start + 20, start + chunk.total_compressed_size - 4):
+        data[k] ^= 0x5A
+    path.write_bytes(bytes(data))
 
 
 @pytest.mark.ray
@@ -60,18 +74,22 @@ def test_every_bad_row_is_accounted_for(corpus, ner_checkpoint, tmp_path):
     results = pads.dataset(output, format="parquet").to_table()
     errors = pq.read_table(output / "_errors")
     ids = results.column("id").to_pylist()
-    assert sorted(ids) == sorted([*VALID, "dup"])  # duplicate ids: both rows annotated
+    readable = [f"d{i}" for i in range(5)]         # the corrupt shard's first row group
+    assert sorted(ids) == sorted([*VALID, "dup", *readable])  # duplicate ids: both rows annotated
     assert all(isinstance(e, list) for e in results.column("entities").to_pylist())
     reasons = {r["id"]: r["error"] for r in errors.to_pylist() if r["id"] is not None}
-    assert reasons == ERRORS
+    assert reasons == {**ERRORS, **{f"d{i}": "corrupt_data" for i in range(5, 10)}}
+    corrupt = [r for r in errors.to_pylist() if r["error"] == "corrupt_data"]
+    assert {(r["source"], r["row"]) for r in corrupt} == {(str(corpus / "d.parquet"), i) for i in range(5, 10)}
+    assert "row group 1" in corrupt[0]["message"] and "cannot be decoded" in corrupt[0]["message"]
     by_error = {r["error"]: r for r in errors.to_pylist()}
     assert by_error["null_id"]["id"] is None and by_error["null_id"]["message"] == "'id' is null"
     assert "--max-chars is 200" in by_error["text_too_long"]["message"]
     unreadable = by_error["unreadable_file"]
     assert unreadable["source"].endswith("c.parquet") and unreadable["row"] == -1
     run = json.loads((output / "_run.json").read_text())["report"]
-    assert run["input_rows"] == run["results"] + run["errors"] == len(ids) + len(ERRORS) + 1
-    assert run["unreadable_files"] == [str(corpus / "c.parquet")]
+    assert run["input_rows"] == run["results"] + run["errors"] == len(ids) + len(ERRORS) + 1 + len(corrupt)
+    assert run["unreadable_files"] == [str(corpus / "c.parquet")] and run["unreadable_rows"] == 5
 
 
 def test_binary_text_column_is_decoded_or_rejected():
@@ -110,3 +128,40 @@ def test_configuration_errors_exit_with_one_line_before_cluster_work(case, ner_c
                             f"{corpus / 'b.parquet'} has int64"}[case]
     assert expected in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def read_all(path: Path) -> pa.Table:
+    from pipeline.read import ReadFile, list_input_files
+
+    files = list_input_files(str(path))
+    return pa.concat_tables(ReadFile(files, ("id", "text"), block_rows=3)(0))
+
+
+def test_corrupt_row_group_becomes_error_rows_and_the_rest_is_read(tmp_path):
+    write_corrupt_second_row_group(tmp_path / "d.parquet")
+    table = read_all(tmp_path / "d.parquet")
+    assert table.column("_row").to_pylist() == list(range(10))
+    assert table.column("id").to_pylist() == [f"d{i}" for i in range(10)]
+    errors = [e and e["error"] for e in table.column(ERROR).to_pylist()]
+    assert errors == [None] * 5 + ["corrupt_data"] * 5
+    assert table.column("text").to_pylist()[5:] == [None] * 5
+
+
+def test_a_read_failure_that_does_not_repeat_is_retried_not_an_error_row(tmp_path, monkeypatch):
+    path = tmp_path / "ok.parquet"
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(10)], "text": ["Paris"] * 10}), path, row_group_size=4)
+    real, calls = pq.ParquetFile.iter_batches, []
+
+    def flaky(self, *args, **kwargs):   # the first read of every row group fails after one batch
+        calls.append(kwargs["row_groups"])
+        for number, batch in enumerate(real(self, *args, **kwargs)):
+            if calls.count(kwargs["row_groups"]) == 1 and number == 1:
+                raise OSError("connection reset by peer")
+            yield batch
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", flaky)
+    monkeypatch.setattr("pipeline.read.time.sleep", lambda _: None)
+    table = read_all(path)
+    assert table.column("id").to_pylist() == [f"r{i}" for i in range(10)]
+    assert table.column("_row").to_pylist() == list(range(10))
+    assert table.column(ERROR).null_count == 10

@@ -12,9 +12,14 @@ def test_cpu_cluster_leaves_room_for_tasks_and_threads_follow_cpus():
     placement = place("auto", tokenizer_actors=1, model_actors=1, cluster_cpus=16, cluster_gpus=0)
     assert not placement.use_gpu
     assert placement.tokenizer_cpus == 1.0
-    assert placement.model_cpus == 11.0 and placement.model_threads == 11   # 16 - 4 reserved - 1 tokenizer
+    assert placement.model_cpus == 11.0          # 16 - 4 reserved - 1 tokenizer, in Ray's accounting
+    assert placement.model_threads == 16         # but its threads use the node's cores
+    laptop = place("cpu", 1, 1, cluster_cpus=2, cluster_gpus=0)
+    assert laptop.model_cpus == 1.0 and laptop.model_threads == 2
     small = place("cpu", 1, 2, cluster_cpus=2, cluster_gpus=0)
     assert small.model_cpus == 0.5 and small.model_threads == 1
+    two_nodes = place("cpu", 1, 4, cluster_cpus=32, cluster_gpus=0, node_cpus=16)
+    assert two_nodes.model_threads == 8          # two actors per 16-core node
 
 
 def test_gpu_cluster_gives_each_model_actor_a_gpu():

@@ -166,7 +166,27 @@ def test_actor_that_always_dies_ends_in_errors_not_a_hang(corpus, ner_checkpoint
     died = [e for e in errors.values() if e["error"] == "worker_died"]
     assert died and all(e["stage"] == "infer" and "bounded restarts" in e["message"] for e in died)
     run = json.loads((output / "_run.json").read_text())
-    assert run["worker_failure"] and run["report"]["errors"] == SHARDS * ROWS
+    assert run["worker_failure"]["rows"] == run["report"]["errors"] == SHARDS * ROWS
+    passes = run["worker_failure"]["passes"]   # a batch at a time, then everything left
+    assert [p["isolated"] for p in passes] == [True, True, True, False]
+
+
+def test_batch_that_always_kills_its_actor_becomes_error_rows_the_rest_finishes(
+        corpus, ner_checkpoint, reference, tmp_path):
+    output = tmp_path / "out"
+    done = run_job(corpus, ner_checkpoint, output, kill="model_row:1/7")   # file 1, row 7 kills every time
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "worker_died" in done.stdout
+    results, errors = read_output(output)
+    want_results, want_errors = read_output(reference)
+    died = {i for i, e in errors.items() if e["error"] == "worker_died"}
+    poisoned = {r["id"] for r in pq.read_table(sorted(corpus.rglob("*.parquet"))[1]).slice(5, 5).to_pylist()}
+    assert died == poisoned    # the batch of --docs-per-batch 5 rows that held it, nothing else
+    assert results.keys() == want_results.keys() - died and errors.keys() - died == want_errors.keys()
+    assert all(e["stage"] == "infer" and "died on this batch" in e["message"] for i, e in errors.items() if i in died)
+    run = json.loads((output / "_run.json").read_text())
+    assert run["complete"] and run["worker_failure"]["rows"] == 5 and (output / "_SUCCESS").exists()
+    assert not (output / "_progress" / ".in_flight").exists() or not list((output / "_progress" / ".in_flight").iterdir())
 
 
 def test_ledger_ranges_and_orphans(tmp_path):
@@ -192,3 +212,22 @@ def test_ledger_ranges_and_orphans(tmp_path):
     assert sorted(progress.removed) == [".part-x.parquet.abc.tmp", "_errors/part-00001-000000000003.parquet",
                                         "part-00001-000000000000.parquet"]
     assert sorted(p.name for p in out.iterdir()) == ["_errors", "_progress", "part-00000-000000000000.parquet"]
+
+
+def test_in_flight_markers_name_the_batch_that_was_retried(tmp_path):
+    """Unit level: a finished batch clears its marker; of those left, the most retried are the suspects."""
+    from pipeline import ledger
+
+    out = str(tmp_path / "out")
+    done = ledger.mark_in_flight(out, "infer", np.array([0, 0]), np.array([0, 1]))
+    ledger.done_in_flight(out, done)
+    assert ledger.in_flight(out) == {}
+    ledger.mark_in_flight(out, "tokenize", np.array([1, 1]), np.array([10, 11]))   # interrupted once
+    for _ in range(3):                                                              # died three times
+        ledger.mark_in_flight(out, "infer", np.array([0, 0, 0]), np.array([5, 6, 7]))
+    assert ledger.in_flight(out) == {0: [(5, 8)]}
+    ledger.clear_in_flight(out)
+    ledger.mark_in_flight(out, "infer", np.array([2]), np.array([4]))
+    ledger.mark_in_flight(out, "tokenize", np.array([1]), np.array([3]))
+    assert ledger.in_flight(out) == {1: [(3, 4)], 2: [(4, 5)]}          # none retried: all suspects
+    assert ledger.recover(out).entries == []                            # markers are not ledger entries

@@ -1,0 +1,79 @@
+"""One run per output: the lease refuses a second live run and frees itself for a dead one."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline import lease
+from pipeline.lease import Lease, OutputBusy
+from tests.conftest import REPO, write_corpus
+
+
+def held_by(output, **holder) -> None:
+    path = output / "_progress" / lease.LEASE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"token": "other", "host": socket.gethostname(), "pid": os.getpid(), "started": "earlier",
+            "heartbeat": time.time(), **holder}
+    path.write_text(json.dumps(body))
+
+
+def test_a_live_run_on_this_machine_holds_the_output(tmp_path):
+    held_by(tmp_path)                       # this test process stands for the other run: alive
+    with pytest.raises(OutputBusy, match=r"being written by another run .*pid \d+"):
+        Lease(str(tmp_path)).acquire()
+
+
+def test_a_dead_process_or_a_stale_heartbeat_frees_it(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    held_by(tmp_path, pid=dead.pid)
+    Lease(str(tmp_path)).acquire().release()
+    held_by(tmp_path, host="another-machine", heartbeat=time.time() - lease.EXPIRES_SECONDS - 1)
+    taken = Lease(str(tmp_path)).acquire()
+    assert json.loads((tmp_path / "_progress" / lease.LEASE_FILE).read_text())["token"] == taken.token
+    taken.release()
+    assert not (tmp_path / "_progress" / lease.LEASE_FILE).exists()
+
+
+def test_another_machine_with_a_fresh_heartbeat_holds_it(tmp_path):
+    held_by(tmp_path, host="another-machine", heartbeat=time.time() - 10)
+    with pytest.raises(OutputBusy, match="another-machine.*rerun after"):
+        Lease(str(tmp_path)).acquire()
+
+
+def test_heartbeat_refreshes_the_lease(tmp_path, monkeypatch):
+    monkeypatch.setattr(lease, "HEARTBEAT_SECONDS", 0.05)
+    taken = Lease(str(tmp_path)).acquire()
+    first = taken.holder()["heartbeat"]
+    time.sleep(0.3)
+    assert taken.holder()["heartbeat"] > first
+    taken.release()
+
+
+@pytest.mark.ray
+def test_second_job_into_a_running_output_refuses(tmp_path, ner_checkpoint):
+    corpus = write_corpus(tmp_path / "corpus", shards=2, rows_per_shard=6)
+    output = tmp_path / "out"
+    command = [sys.executable, "jobs/ner_corpus.py", "--input", str(corpus), "--model", str(ner_checkpoint),
+               "--output", str(output)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (output / "_progress" / lease.LEASE_FILE).exists():
+            assert first.poll() is None and time.time() < deadline, first.communicate()[0][-3000:]
+            time.sleep(0.1)
+        second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2
+        assert "being written by another run" in second.stderr.strip().splitlines()[-1]
+    finally:
+        out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out[-3000:]
+    assert (output / "_SUCCESS").exists() and not (output / "_progress" / lease.LEASE_FILE).exists()
