@@ -6,6 +6,7 @@ prints one JSON line with what it did; the parent measures wall time and the pro
   hf-ner      transformers.pipeline("token-classification", aggregation_strategy="simple")
   st-embed    sentence_transformers.SentenceTransformer.encode
   bare        bertbatch's own stages in one process: read → tokenize → model → decode, no Ray, no writes
+  agree       bfloat16 and int8 against float32 on one model (NER: identical entities; embed: cosine)
   matmul      the machine's torch matmul FLOP/s (all cores) in float32 and bfloat16
 """
 
@@ -49,28 +50,54 @@ def st_embed(args) -> dict:
     return {"docs": len(texts), "dim": int(embeddings.shape[1])}
 
 
-def bare(args) -> dict:
-    """Our stages on whole files in this process: the cost of everything around the model, removed."""
-    import torch
-
+def stages(task_name: str, corpus: str, model: str, dtype: str, batch_tokens: int = 16384, stride: int = 0):
+    """Yield decoded tables: our stages on whole files in this process (no Ray, no writes)."""
     from pipeline.cli import parse_config
     from pipeline.job import build_plan
 
-    task, config_cls = _task(args.task)
-    argv = ["--input", args.corpus, "--output", "/nonexistent", "--model", args.model, "--dtype", args.dtype,
-            "--batch-tokens", str(args.batch_tokens), "--stride", str(args.stride)]
-    config = parse_config(config_cls, argv, "bare", "bare loop")
-    plan, _, _ = build_plan(config, task)
-    torch.set_num_threads(torch.get_num_threads())
+    task, config_cls = _task(task_name)
+    argv = ["--input", corpus, "--output", "/nonexistent", "--model", model, "--dtype", dtype,
+            "--batch-tokens", str(batch_tokens), "--stride", str(stride)]
+    plan, _, _ = build_plan(parse_config(config_cls, argv, "bare", "bare loop"), task)
     validate, tokenize, infer, decode = (s.build() for s in (plan.validate, plan.tokenize, plan.infer, plan.decode))
-    docs = tokens = padded = 0
     for file_index in range(len(plan.files.paths)):
         for table in plan.read(file_index):
-            table = decode(infer(tokenize(validate(table))))
-            docs += table.num_rows
-            tokens += sum(table.column("_stat_tokens").to_pylist()) if "_stat_tokens" in table.column_names else 0
-            padded += sum(table.column("_stat_padded_tokens").to_pylist())
+            yield decode(infer(tokenize(validate(table))))
+
+
+def bare(args) -> dict:
+    """Our stages in this process: the cost of everything around the model, removed."""
+    docs = tokens = padded = 0
+    for table in stages(args.task, args.corpus, args.model, args.dtype, args.batch_tokens, args.stride):
+        docs += table.num_rows
+        tokens += sum(table.column("_stat_tokens").to_pylist()) if "_stat_tokens" in table.column_names else 0
+        padded += sum(table.column("_stat_padded_tokens").to_pylist())
     return {"docs": docs, "real_tokens": tokens, "padded_tokens": padded}
+
+
+def agree(args) -> dict:
+    """Fast modes against fp32 on one model: NER documents with identical entities, or the lowest cosine."""
+    import numpy as np
+
+    def outputs(dtype: str) -> dict:
+        found = {}
+        for table in stages(args.task, args.corpus, args.model, dtype, args.batch_tokens, args.stride):
+            for row in table.to_pylist():
+                if args.task == "ner":
+                    found[row["id"]] = [(e["label"], e["start"], e["end"]) for e in row["entities"] or []]
+                else:
+                    found[row["id"]] = np.asarray(row["embedding"], dtype=np.float64)
+        return found
+
+    reference, result = outputs("float32"), {}
+    for dtype in ("bfloat16", "int8"):
+        got = outputs(dtype)
+        if args.task == "ner":
+            result[dtype] = sum(got[i] == want for i, want in reference.items()) / len(reference)
+        else:
+            result[dtype] = min(float(got[i] @ want / (np.linalg.norm(got[i]) * np.linalg.norm(want) + 1e-12))
+                                for i, want in reference.items())
+    return {"docs": len(reference), **result}
 
 
 def _task(name: str):
@@ -104,7 +131,7 @@ def matmul(args) -> dict:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="bench.contenders")
-    parser.add_argument("name", choices=["hf-ner", "st-embed", "bare", "matmul"])
+    parser.add_argument("name", choices=["hf-ner", "st-embed", "bare", "agree", "matmul"])
     parser.add_argument("--corpus")
     parser.add_argument("--model")
     parser.add_argument("--task", default="ner")
@@ -115,7 +142,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args(argv)
-    run = {"hf-ner": hf_ner, "st-embed": st_embed, "bare": bare, "matmul": matmul}[args.name]
+    run = {"hf-ner": hf_ner, "st-embed": st_embed, "bare": bare, "agree": agree, "matmul": matmul}[args.name]
     print("BENCH " + json.dumps(run(args)), flush=True)
 
 

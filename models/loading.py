@@ -104,6 +104,21 @@ def load_model(folder: str | Path, task: str, dtype: torch.dtype = torch.float32
     return model.to(device).eval().requires_grad_(False)
 
 
+def quantize_int8(model: TaskModel) -> TaskModel:
+    """CPU fast mode: the encoder's linear layers with int8 weights and per-batch int8 activations.
+
+    torch's dynamic quantisation (fbgemm/oneDNN kernels); the head and the embeddings stay fp32.
+    torch marks its quantised tensor types deprecated (pytorch#184982) but they are the only int8
+    CPU kernels in torch 2.13, which the project pins; the warning is filtered here.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
+        model.encoder = torch.ao.quantization.quantize_dynamic(model.encoder, {nn.Linear}, dtype=torch.qint8)
+    return model
+
+
 def weight_files(folder: Path) -> list[Path]:
     for name in WEIGHT_FILES:
         path = folder / name

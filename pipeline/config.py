@@ -34,7 +34,9 @@ class JobConfig(BaseModel):
     stride: int = Field(0, ge=0, description="tokens shared by consecutive windows of a long text")
     batch_tokens: int = Field(16384, ge=1, description="padded tokens per model micro-batch (rows × longest row)")
     device: Literal[DEVICES] = Field("auto", description="auto: CUDA when available, else CPU")
-    dtype: Literal[DTYPES] = Field("auto", description="auto: bfloat16 (else float16) on CUDA, float32 on CPU")
+    dtype: Literal[DTYPES] = Field("auto", description="auto: bfloat16 (else float16) on CUDA, float32 on CPU; "
+                                   "bfloat16 or int8 (dynamic quantisation of the encoder's linear layers): "
+                                   "the CPU fast modes")
     tokenizer_actors: int = Field(1, ge=1, description="tokenizer actors (CPU)")
     model_actors: int = Field(1, ge=1, description="model actors (one GPU each on CUDA)")
     docs_per_batch: int = Field(256, ge=1, description="documents per batch handed to a tokenizer/model actor")

@@ -242,12 +242,17 @@ def kill_point(point: str) -> None:
         return
     if point == "model_actor":
         os.kill(os.getpid(), signal.SIGKILL)
-    for sig in (signal.SIGSTOP, signal.SIGKILL):  # freeze all first: no other worker commits meanwhile
+    kill_session(driver)
+    os.kill(driver, signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_session(driver: int) -> None:
+    """SIGKILL the driver's session at once (frozen first: no worker commits meanwhile), but not the caller."""
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
         for pid in _same_session(driver):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
-    os.kill(driver, signal.SIGKILL)
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def kill_for_rows(point: str, file_index: np.ndarray, rows: np.ndarray) -> None:
@@ -260,12 +265,13 @@ def kill_for_rows(point: str, file_index: np.ndarray, rows: np.ndarray) -> None:
 
 
 def _same_session(driver: int) -> list[int]:
-    """The driver, and when it leads a session (as under the tests) every process of it: the local Ray.
+    """The driver, and when it leads (or led) a session, as under the tests, every process of it: the local Ray.
 
     Ray workers have their own process groups, so the driver's group alone would leave them running.
     """
-    if os.getsid(driver) != driver:
-        return [driver]
+    with contextlib.suppress(ProcessLookupError):
+        if os.getsid(driver) != driver:
+            return [driver]
     pids = []
     for stat in glob.glob("/proc/[0-9]*/stat"):
         with contextlib.suppress(OSError):

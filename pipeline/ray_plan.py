@@ -91,6 +91,8 @@ def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], di
     node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=None)
     placement = place(plan.infer.config.device, plan.tokenizer_actors, plan.model_actors,
                       resources.get("CPU", 1.0), resources.get("GPU", 0.0), node_cpus)
+    if placement.use_gpu and plan.infer.config.dtype == "int8":
+        raise UsageError("--dtype int8 (dynamic quantisation) runs on CPU only; use --device cpu or --dtype bfloat16")
     infer = dataclasses.replace(
         plan.infer, config=dataclasses.replace(
             plan.infer.config, device="cuda" if placement.use_gpu else "cpu",

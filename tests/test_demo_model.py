@@ -81,3 +81,20 @@ def test_sample_corpus_is_reproducible_and_has_long_documents(tmp_path: Path) ->
     lengths = [len(ids) for ids in tokenizer(committed.column("text").to_pylist())["input_ids"]]
     assert sum(n > 512 for n in lengths) >= 3
     assert 40 <= sorted(lengths)[len(lengths) // 2] <= 200
+
+
+def test_cpu_fast_modes_keep_the_demo_models_entities() -> None:
+    """bfloat16 and int8 (dynamic quantisation) against float32 on the sample corpus: ≥ 99% of documents identical."""
+    from bench.contenders import stages
+
+    def entities(dtype: str) -> dict:
+        return {row["id"]: [(e["label"], e["start"], e["end"]) for e in row["entities"]]
+                for table in stages("ner", str(REPO / "examples" / "sample_corpus"),
+                                    str(REPO / "examples" / "demo-ner-model"), dtype)
+                for row in table.select(["id", "entities"]).to_pylist()}
+
+    reference = entities("float32")
+    assert len(reference) == 300 and sum(len(v) for v in reference.values()) > 300
+    for dtype in ("bfloat16", "int8"):
+        found = entities(dtype)
+        assert sum(found[i] == want for i, want in reference.items()) >= 0.99 * len(reference), dtype

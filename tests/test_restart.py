@@ -1,4 +1,4 @@
-"""Exactly-once restarts: the NER job SIGKILLed at named moments (BERTBATCH_TEST_KILL_AT) and by a timer.
+"""Exactly-once restarts: the NER job SIGKILLed at named moments (BERTBATCH_TEST_KILL_AT) and from outside.
 
 Each job runs as `python jobs/ner_corpus.py ...` in its own session with its own local Ray; the
 kill hook takes the driver's whole process group down (the local Ray it started), like a lost node.
@@ -6,7 +6,6 @@ kill hook takes the driver's whole process group down (the local Ray it started)
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -21,7 +20,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.ledger import KILL_ENV
+from pipeline.ledger import KILL_ENV, kill_session
 from tests.conftest import REPO, write_corpus
 
 pytestmark = pytest.mark.ray
@@ -30,7 +29,7 @@ OPTIONS = ("--rows-per-file", "5", "--docs-per-batch", "5", "--stride", "16")
 
 
 def run_job(corpus: Path, model: Path, output: Path, *extra: str, kill: str | None = None,
-            kill_after: float | None = None) -> subprocess.CompletedProcess:
+            kill_at_first_commit: bool = False) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in (KILL_ENV, "RAY_ADDRESS")}
     if kill:
         env[KILL_ENV] = kill
@@ -38,16 +37,13 @@ def run_job(corpus: Path, model: Path, output: Path, *extra: str, kill: str | No
                "--output", str(output), *OPTIONS, *extra]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)
-    try:
-        out, _ = process.communicate(timeout=kill_after or 300)
-    except subprocess.TimeoutExpired:
-        if kill_after is None:
-            raise
-        os.killpg(process.pid, signal.SIGKILL)
-        out, _ = process.communicate()
-    time.sleep(0.5)
-    with contextlib.suppress(ProcessLookupError):  # a hook-killed driver's Ray went with its group; be sure
-        os.killpg(process.pid, signal.SIGKILL)
+    if kill_at_first_commit:   # from outside, as soon as a write task committed: mid-run, wherever the rest is
+        deadline = time.time() + 300
+        while process.poll() is None and time.time() < deadline and not list(output.glob("_progress/0*.json")):
+            time.sleep(0.005)
+        kill_session(process.pid)
+    out, _ = process.communicate(timeout=300)
+    kill_session(process.pid)   # a killed driver's Ray went with it; be sure
     return subprocess.CompletedProcess(command, process.returncode, out, "")
 
 
@@ -95,10 +91,10 @@ def assert_same_as_reference(output: Path, reference: Path, corpus: Path) -> dic
     return run
 
 
-def test_driver_killed_at_five_moments_and_by_a_timer(corpus, ner_checkpoint, reference, tmp_path):
+def test_driver_killed_at_six_moments_and_from_outside(corpus, ner_checkpoint, reference, tmp_path):
     """One output, killed again and again; every rerun is the same command and continues."""
     output = tmp_path / "out"
-    killed = run_job(corpus, ner_checkpoint, output, kill_after=25)     # wherever it is after 25 s
+    killed = run_job(corpus, ner_checkpoint, output, kill_at_first_commit=True)
     assert not (output / "_SUCCESS").exists()
     for point in ("start:1", "read:2", "write:1", "infer:3", "commit:1", "finish:1"):
         killed = run_job(corpus, ner_checkpoint, output, kill=point)

@@ -9,8 +9,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from pipeline.infer import Infer, InferConfig, micro_batches
+from pipeline.infer import PADDING, Infer, InferConfig, micro_batches
 from pipeline.ner_decode import NerWindow, decode_entities
 from pipeline.ner_task import NerDecode, NerDecodeConfig
 from pipeline.read import InputError, ReadFile, check_columns, list_input_files
@@ -153,6 +154,8 @@ def test_micro_batches_bound_the_padding_of_each_window():
     lengths = np.array([400, 390, 310, 290, 40, 30, 25, 20, 5])
     order, groups = micro_batches(lengths, batch_tokens=100_000)
     assert [lengths[order[g]].tolist() for g in groups] == [[400, 390, 310], [290], [40, 30, 25], [20, 5]]
+    order, groups = micro_batches(lengths, batch_tokens=100_000, padding=PADDING["cpu"])   # tighter on CPU
+    assert [lengths[order[g]].tolist() for g in groups] == [[400, 390], [310], [290], [40], [30], [25], [20], [5]]
 
 
 def test_infer_outputs_do_not_depend_on_batching(ner_stages, ner_checkpoint):
@@ -288,3 +291,15 @@ def test_infer_keeps_the_output_type_for_a_batch_of_error_rows(ner_stages, ner_c
     normal = infer(tokenize(ValidateText(ValidateConfig())(docs_table(["John Smith"]))))
     assert only_errors.schema.field(OUTPUTS).type == normal.schema.field(OUTPUTS).type
     assert only_errors.column(OUTPUTS).to_pylist() == [None, None]
+
+
+def test_int8_quantises_the_encoders_linear_layers_on_cpu_only(ner_checkpoint):
+    from pipeline.infer import resolve_dtype
+
+    with pytest.raises(ValueError, match="int8.*CPU only"):
+        resolve_dtype("int8", "cuda")
+    infer = Infer(InferConfig(str(ner_checkpoint), "ner", device="cpu", dtype="int8"))
+    modules = list(infer.model.encoder.modules())
+    assert not any(type(m) is torch.nn.Linear for m in modules)
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in modules)
+    assert type(infer.model.head.classifier).__module__.startswith("torch.nn")   # the head stays fp32

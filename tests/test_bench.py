@@ -1,0 +1,51 @@
+"""Keeps the benchmark harness working without running it: workload, in-process contenders, report.
+
+The full side-by-side run (`bench/run.py --suite cpu`, or `--suite smoke` on a tiny model) takes
+minutes and is not part of the test suite; no timing is asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.dataset as pads
+
+from bench import contenders, run
+from bench.workload import make_corpus
+
+
+def test_corpus_is_log_normal_with_a_long_tail(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", 400)
+    texts = pads.dataset(corpus, format="parquet").to_table().column("text").to_pylist()
+    words = sorted(len(t.split()) for t in texts)
+    assert len(list(corpus.glob("*.parquet"))) == 4
+    assert 40 <= words[len(words) // 2] <= 90 and words[-1] > 400
+
+
+def test_bare_loop_and_agreement_contenders_run_in_process(tmp_path, capsys):
+    corpus = make_corpus(tmp_path / "corpus", 12)
+    model = run.bert_base_ner(tmp_path / "model", layers=1, hidden=32, heads=2)
+    contenders.main(["bare", "--corpus", str(corpus), "--model", str(model), "--dtype", "int8", "--stride", "16"])
+    bare = json.loads(capsys.readouterr().out.split("BENCH ", 1)[1])
+    assert bare["docs"] == 12 and bare["padded_tokens"] >= bare["real_tokens"] > 0
+    contenders.main(["agree", "--corpus", str(corpus), "--model", str(model)])
+    agree = json.loads(capsys.readouterr().out.split("BENCH ", 1)[1])
+    assert agree["docs"] == 12 and 0 <= agree["bfloat16"] <= 1 and 0 <= agree["int8"] <= 1
+
+
+def test_report_has_every_target(tmp_path):
+    job = {"seconds": 10.0, "peak_rss_mb": 100.0, "docs": 100, "real_tokens": 5000, "padding_efficiency": 0.97}
+    other = {"seconds": 20.0, "peak_rss_mb": 90.0, "docs": 100}
+    ner = {"hf_bs1": other, "hf_bs16_sorted": other, **{f"{w}_{d}": job for w in ("ours", "bare") for d in run.DTYPES},
+           "demo_agreement": {"docs": 300, "bfloat16": 0.997, "int8": 1.0},
+           "random_model_agreement": {"bfloat16": 0.95, "int8": 0.9}}
+    embed = {"st_bs32": other, **{f"{w}_{d}": job for w in ("ours", "bare") for d in run.DTYPES},
+             "agreement": {"bfloat16": 0.9999, "int8": 0.9}}
+    results = {"suite": "smoke", "matmul": {"float32": 1.5e11, "bfloat16": 3.5e11}, "ner": ner, "embed": embed,
+               "sweep": {1024: job, 4096: job}, "rss_factor": 10, "rss": {"1x": 100.0, "10x": 110.0},
+               "flops_per_token": 1.7e8}
+    text = run.table(results)
+    assert text.count("| target") == 1 and "≥ 3×" in text and "1.10 (100 → 110 MB)" in text
+    run.write_results(results, text, tmp_path / "RESULTS.md")
+    run.plot(results, tmp_path / "plot.png")
+    assert "Benchmark results" in (tmp_path / "RESULTS.md").read_text() and (tmp_path / "plot.png").stat().st_size
