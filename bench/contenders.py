@@ -7,6 +7,7 @@ prints one JSON line with what it did; the parent measures wall time and the pro
   st-embed    sentence_transformers.SentenceTransformer.encode
   bare        bertbatch's own stages in one process: read → tokenize → model → decode, no Ray, no writes
   agree       bfloat16 and int8 against float32 on one model (NER: identical entities; embed: cosine)
+  profile     torch profiler over our stages in-process: time share per stage, top operators
   matmul      the machine's torch matmul FLOP/s (all cores) in float32 and bfloat16
 """
 
@@ -75,6 +76,41 @@ def bare(args) -> dict:
     return {"docs": docs, "real_tokens": tokens, "padded_tokens": padded}
 
 
+def profile(args) -> dict:
+    """torch profiler over our stages in this process: the share of each stage and the top operators."""
+    import time
+
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from pipeline.cli import parse_config
+    from pipeline.job import build_plan
+
+    task, config_cls = _task(args.task)
+    argv = ["--input", args.corpus, "--output", "/nonexistent", "--model", args.model, "--dtype", args.dtype,
+            "--stride", str(args.stride)]
+    plan, _, _ = build_plan(parse_config(config_cls, argv, "profile", "profile"), task)
+    built = {s.name: s.build() for s in (plan.validate, plan.tokenize, plan.infer, plan.decode)}
+    seconds = dict.fromkeys(["read", *built], 0.0)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for file_index in range(len(plan.files.paths))[: args.files]:
+            start = time.perf_counter()
+            for table in plan.read(file_index):
+                seconds["read"] += time.perf_counter() - start
+                for name, stage in built.items():
+                    start = time.perf_counter()
+                    table = stage(table)
+                    seconds[name] += time.perf_counter() - start
+                start = time.perf_counter()
+    total = sum(seconds.values())
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    profiled = sum(e.self_cpu_time_total for e in events) or 1
+    return {"docs_files": args.files, "dtype": args.dtype, "threads": torch.get_num_threads(),
+            "stage_share": {k: round(v / total, 4) for k, v in seconds.items()},
+            "top_ops": [(e.key, round(e.self_cpu_time_total / profiled, 4)) for e in events[:10]]}
+
+
 def agree(args) -> dict:
     """Fast modes against fp32 on one model: NER documents with identical entities, or the lowest cosine."""
     import numpy as np
@@ -131,7 +167,7 @@ def matmul(args) -> dict:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="bench.contenders")
-    parser.add_argument("name", choices=["hf-ner", "st-embed", "bare", "agree", "matmul"])
+    parser.add_argument("name", choices=["hf-ner", "st-embed", "bare", "agree", "profile", "matmul"])
     parser.add_argument("--corpus")
     parser.add_argument("--model")
     parser.add_argument("--task", default="ner")
@@ -141,8 +177,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--sort", action="store_true")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--files", type=int, default=1, help="profile: input files to run")
     args = parser.parse_args(argv)
-    run = {"hf-ner": hf_ner, "st-embed": st_embed, "bare": bare, "agree": agree, "matmul": matmul}[args.name]
+    run = {"hf-ner": hf_ner, "st-embed": st_embed, "bare": bare, "agree": agree, "profile": profile,
+           "matmul": matmul}[args.name]
     print("BENCH " + json.dumps(run(args)), flush=True)
 
 

@@ -93,6 +93,40 @@ def our_job(task: str, corpus: Path, model: Path, output: Path, **flags) -> dict
             "padding_efficiency": report["padding_efficiency"]}
 
 
+# Frames where a thread waits (py-spy still samples some of them): left out of the shares.
+PYSPY_WAITING = ("Condition.wait", "Event.wait", "main_loop", "select (", "poll (", "sleep (", "_wait (",
+                 "get_objects", "wait_for", "recv (", "accept (", "get_output_blocking", "wait (ray")
+PYSPY_PARTS = (("model forward", ("models/", "pipeline/infer.py")), ("tokenize", ("pipeline/tokenize.py",)),
+               ("decode", ("_decode.py",)), ("read + validate", ("pipeline/read.py", "pipeline/validate.py")),
+               ("write", ("pipeline/sink.py",)))
+
+
+def pyspy_job(task: str, corpus: Path, model: Path, output: Path, **flags) -> dict:
+    """py-spy over the whole job (driver and every Ray worker): where the busy samples go."""
+    raw = output.with_suffix(".pyspy.txt")
+    cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses", "--format", "raw", "-r", "50",
+           "-o", str(raw), "--", sys.executable, f"jobs/{task}_corpus.py", "--input", str(corpus), "--model",
+           str(model), "--output", str(output), "--overwrite"]
+    for key, value in flags.items():
+        cmd += ["--" + key.replace("_", "-"), str(value)]
+    measure(cmd, env={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
+    parts: dict[str, int] = {}
+    leaves: dict[str, int] = {}
+    for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [f for f in stack.split(";") if not f.startswith("process ")]   # process tree entries first
+        if not count.isdigit() or not frames or any(w in frames[-1] for w in PYSPY_WAITING):
+            continue
+        part = next((name for name, keys in PYSPY_PARTS if any(k in stack for k in keys)),
+                    "Ray, imports, start-up, other")
+        parts[part] = parts.get(part, 0) + int(count)
+        leaves[frames[-1][:90]] = leaves.get(frames[-1][:90], 0) + int(count)
+    total = sum(parts.values()) or 1
+    top = sorted(leaves.items(), key=lambda kv: -kv[1])[:8]
+    return {"samples": total, "parts": {k: round(v / total, 4) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])},
+            "top_leaves": [(k, round(v / total, 4)) for k, v in top]}
+
+
 def entity_agreement(a: Path, b: Path) -> float:
     """Share of documents whose entity lists (label, start, end) are identical."""
     def load(path: Path) -> dict:
@@ -181,6 +215,10 @@ def run_suite(suite: str, work: Path, resume: bool = False) -> dict:
     r["rss"] = {"1x": emb["ours_bfloat16"]["peak_rss_mb"],
                 f"{factor}x": step(f"rss/{factor}x", our_job, "embed", big, minilm, work / "out-rss",
                                    dtype="bfloat16")["peak_rss_mb"]}
+    r["profile"] = {d: step(f"profile/ner_{d}", contender, "profile", corpus=ner_corpus, model=ner_model, dtype=d,
+                            stride=stride) for d in ("float32", "bfloat16")}
+    r["pyspy"] = step("profile/pyspy_ner_bfloat16", pyspy_job, "ner", ner_corpus, ner_model, work / "out-pyspy",
+                      dtype="bfloat16", stride=stride)
     mean_len = ner["ours_float32"]["real_tokens"] / max(ner["ours_float32"]["docs"], 1)
     r["flops_per_token"] = flops_per_token(layers, hidden, mean_len)
     return r
@@ -236,6 +274,23 @@ def table(r: dict) -> str:
         f"| embeddings vs fp32, lowest cosine, bf16 / int8 (≥ 0.999) | {each(lambda d: f'{cosine[d]:.5f}', FAST)} |",
         f"| peak RSS, {r['rss_factor']}× corpus / 1× (≤ 1.2) | {rss[1] / rss[0]:.2f} ({rss[0]:.0f} → {rss[1]:.0f} MB) |",
     ]
+    return "\n".join(lines) + "\n\n" + profile_text(r)
+
+
+def profile_text(r: dict) -> str:
+    """What dominates: stage shares and top operators (torch profiler, in-process), and py-spy over the job."""
+    lines = ["### Profile", ""]
+    for dtype, p in r.get("profile", {}).items():
+        shares = ", ".join(f"{k} {v:.1%}" for k, v in p["stage_share"].items())
+        ops = ", ".join(f"`{k}` {v:.0%}" for k, v in p["top_ops"][:6])
+        lines.append(f"- NER BERT-base {dtype}, in-process, {p['threads']} threads: stages {shares}; "
+                     f"top operators (self CPU): {ops}")
+    if "pyspy" in r:
+        spy = r["pyspy"]
+        parts = ", ".join(f"{k} {v:.1%}" for k, v in spy["parts"].items())
+        leaves = ", ".join(f"`{k}` {v:.1%}" for k, v in spy["top_leaves"][:5])
+        lines.append(f"- py-spy over the whole NER bf16 job (driver + Ray workers, {spy['samples']} busy samples): "
+                     f"{parts}; top frames: {leaves}")
     return "\n".join(lines)
 
 

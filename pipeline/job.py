@@ -223,16 +223,16 @@ def run_job(config: JobConfig, task: Task) -> dict:
 
 def _run(config: JobConfig, task: Task, plan: Plan, model, max_length: int, identity: dict, start) -> dict:
     """Run the rows earlier runs left, write `_run.json` and, when every row is accounted for, `_SUCCESS`."""
-    from pipeline import ledger, ray_plan, restart
+    from pipeline import kill_hooks, ledger, ray_plan, restart
 
     plan, pending = restart.resume_plan(plan, start)
     print(f"bertbatch {task.name}: {len(plan.files.paths)} input files under {config.input} -> {config.output} "
           f"(model {config.model}, sha256 {model.fingerprint[:12]}, max_length {max_length}; run {start.run}, "
           f"{len(pending)} files to do)", flush=True)
-    if os.environ.get(ledger.KILL_ENV):  # the test hook in workers kills this driver
-        os.environ.setdefault(ledger.DRIVER_PID_ENV, str(os.getpid()))
+    if os.environ.get(kill_hooks.KILL_ENV):  # the test hook in workers kills this driver
+        os.environ.setdefault(kill_hooks.DRIVER_PID_ENV, str(os.getpid()))
     restart.record_unreadable(plan)
-    ledger.kill_point("start")
+    kill_hooks.kill_point("start")
     started = time.perf_counter()
     placement, failure = {}, None
     if pending:

@@ -59,6 +59,7 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     def holder(self) -> dict | None:
+        self.fs.invalidate_cache(self.path)   # another run may have written it
         try:
             with self.fs.open(self.path, "r") as handle:
                 return json.load(handle)

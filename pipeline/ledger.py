@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
-import glob
 import json
-import os
 import re
-import signal
-import tempfile
 import uuid
 from collections.abc import Iterable
 
@@ -28,8 +23,6 @@ import numpy as np
 PROGRESS_DIR = "_progress"
 JOB_FILE = "_job.json"
 IN_FLIGHT_DIR = ".in_flight"            # markers of batches an actor is working on (mark_in_flight)
-KILL_ENV = "BERTBATCH_TEST_KILL_AT"     # test hook: `<point>:<n>` kills at the n-th time `point` is reached
-DRIVER_PID_ENV = "BERTBATCH_DRIVER_PID"
 # Files a write task may leave: results (also below hive folders), errors, and their temporary names.
 PART_FILE = re.compile(r"(^|/)part-[^/]*\.parquet$")
 TEMP_FILE = re.compile(r"(^|/)\.[^/]*\.tmp$")
@@ -67,6 +60,13 @@ def committed_mask(rows: np.ndarray, ranges: Ranges) -> np.ndarray:
     ends = np.array([r[1] for r in ranges])
     slot = np.searchsorted(starts, rows, side="right") - 1
     return (slot >= 0) & (rows < ends[np.maximum(slot, 0)])
+
+
+def _fresh_fs(output: str):
+    """The output's filesystem, its listing cache dropped: other processes write the ledger (s3fs keeps listings)."""
+    fs, root = fsspec.core.url_to_fs(output)
+    fs.invalidate_cache()
+    return fs, root
 
 
 def _join(root: str, *parts: str) -> str:
@@ -131,7 +131,7 @@ def in_flight(output: str) -> dict[int, Ranges]:
     A batch that killed its actor was retried, so it has more attempts than the batches that
     were merely interrupted when the failed execution stopped; all count when none was retried.
     """
-    fs, root = fsspec.core.url_to_fs(output)
+    fs, root = _fresh_fs(output)
     folder = _join(root, PROGRESS_DIR, IN_FLIGHT_DIR)
     markers = []
     for path in fs.ls(folder, detail=False) if fs.exists(folder) else []:
@@ -148,7 +148,7 @@ def in_flight(output: str) -> dict[int, Ranges]:
 
 
 def clear_in_flight(output: str) -> None:
-    fs, root = fsspec.core.url_to_fs(output)
+    fs, root = _fresh_fs(output)
     folder = _join(root, PROGRESS_DIR, IN_FLIGHT_DIR)
     if fs.exists(folder):
         fs.rm(folder, recursive=True)
@@ -168,7 +168,7 @@ class Progress:
 
 def recover(output: str) -> Progress:
     """Read the ledger and delete what no entry commits (orphan parts, temporary files)."""
-    fs, root = fsspec.core.url_to_fs(output)
+    fs, root = _fresh_fs(output)
     root = root.rstrip("/")
     progress = _join(root, PROGRESS_DIR)
     entries = []
@@ -194,7 +194,7 @@ def recover(output: str) -> Progress:
 
 
 def read_job(output: str) -> dict | None:
-    fs, root = fsspec.core.url_to_fs(output)
+    fs, root = _fresh_fs(output)
     path = _join(root, PROGRESS_DIR, JOB_FILE)
     if not fs.exists(path):
         return None
@@ -217,66 +217,3 @@ def input_identity(fs, paths: Iterable[str]) -> list[dict]:
         identity.append({"path": path, "size": info.get("size"),
                          "version": str(info.get("ETag") or info.get("etag") or changed)})
     return identity
-
-
-def kill_point(point: str) -> None:
-    """Test hook (`BERTBATCH_TEST_KILL_AT=<point>:<n|*>`): SIGKILL at the n-th (every) time `point` is reached.
-
-    Point `model_actor` kills the calling process (a model actor); every other point kills the
-    driver and, when it leads a session, every process of it at once (the whole local Ray a test
-    started, like a lost machine).
-    """
-    wanted = os.environ.get(KILL_ENV, "")
-    name, _, nth = wanted.partition(":")
-    if name != point:
-        return
-    driver = int(os.environ.get(DRIVER_PID_ENV, os.getpid()))
-    counter = os.path.join(tempfile.gettempdir(), f"bertbatch-kill-{driver}-{point}")
-    with open(counter, "a+") as handle:  # the count is shared by every process of this run
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        count = len(handle.read()) + 1
-        handle.write("x")
-        handle.flush()
-    if nth != "*" and count != int(nth or 1):   # `*`: every time (a batch that always kills its actor)
-        return
-    if point == "model_actor":
-        os.kill(os.getpid(), signal.SIGKILL)
-    kill_session(driver)
-    os.kill(driver, signal.SIGKILL)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def kill_session(driver: int) -> None:
-    """SIGKILL the driver's session at once (frozen first: no worker commits meanwhile), but not the caller."""
-    for sig in (signal.SIGSTOP, signal.SIGKILL):
-        for pid in _same_session(driver):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-
-
-def kill_for_rows(point: str, file_index: np.ndarray, rows: np.ndarray) -> None:
-    """Test hook (`BERTBATCH_TEST_KILL_AT=<point>:<file>/<row>`): SIGKILL this process whenever its batch holds that row."""
-    name, _, where = os.environ.get(KILL_ENV, "").partition(":")
-    if name == point:
-        file, row = (int(x) for x in where.split("/"))
-        if np.any((file_index == file) & (rows == row)):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _same_session(driver: int) -> list[int]:
-    """The driver, and when it leads (or led) a session, as under the tests, every process of it: the local Ray.
-
-    Ray workers have their own process groups, so the driver's group alone would leave them running.
-    """
-    with contextlib.suppress(ProcessLookupError):
-        if os.getsid(driver) != driver:
-            return [driver]
-    pids = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            with open(stat) as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            if int(fields[3]) == driver and int(stat.split("/")[2]) != os.getpid():
-                pids.append(int(stat.split("/")[2]))
-    return pids

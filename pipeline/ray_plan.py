@@ -24,7 +24,8 @@ import ray
 from ray.data import ActorPoolStrategy, Datasink
 
 from pipeline.cli import UsageError
-from pipeline.ledger import done_in_flight, kill_for_rows, kill_point, mark_in_flight
+from pipeline.kill_hooks import kill_for_rows, kill_point
+from pipeline.ledger import done_in_flight, mark_in_flight
 from pipeline.stage import FILE_INDEX, ROW, Stage, StageSpec
 from pipeline.storage import StorageOptions, configure
 

@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.ledger import commit, kill_point, row_ranges
+from pipeline.kill_hooks import kill_point
+from pipeline.ledger import commit, row_ranges
 from pipeline.stage import ERROR, FILE_INDEX, ROW, SOURCE, STAT_PREFIX, Stage
 from pipeline.storage import is_object_store
 from schemas import results

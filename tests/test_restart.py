@@ -20,7 +20,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.ledger import KILL_ENV, kill_session
+from pipeline.kill_hooks import KILL_ENV, kill_session
 from tests.conftest import REPO, write_corpus
 
 pytestmark = pytest.mark.ray
