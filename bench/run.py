@@ -43,25 +43,31 @@ SUITES = {
 
 DTYPES = ("float32", "bfloat16", "int8")
 FAST = ("bfloat16", "int8")                 # the CPU fast modes
+NOTES = REPO / "bench" / "NOTES.md"        # the reading of the cpu suite's numbers, kept by hand
 SAMPLE_CORPUS, DEMO_MODEL = REPO / "examples" / "sample_corpus", REPO / "examples" / "demo-ner-model"
 
 
 def measure(cmd: list[str], env: dict | None = None) -> dict:
-    """Run `cmd`; return wall seconds, peak RSS of its process tree, and its BENCH line (if any)."""
+    """Run `cmd`; return wall seconds, peak RSS and PSS of its process tree, and its BENCH line (if any).
+
+    RSS summed over processes counts shared pages (torch's libraries, Ray's object store) once per
+    process that maps them; PSS shares them out, so its sum is the memory the job really holds.
+    """
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})})
-    peak = [0]
+    peak = [0, 0]
 
     def sample() -> None:
         root = psutil.Process(proc.pid)
         while proc.poll() is None:
             try:
-                tree = [root, *root.children(recursive=True)]
-                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree if p.is_running()))
+                tree = [p for p in [root, *root.children(recursive=True)] if p.is_running()]
+                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree))
+                peak[1] = max(peak[1], sum(p.memory_full_info().pss for p in tree))
             except psutil.Error:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -71,7 +77,7 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
     line = next((ln for ln in output.splitlines() if ln.startswith("BENCH ")), "BENCH {}")
-    return {"seconds": wall, "peak_rss_mb": peak[0] / 2**20, **json.loads(line[6:])}
+    return {"seconds": wall, "peak_rss_mb": peak[0] / 2**20, "peak_pss_mb": peak[1] / 2**20, **json.loads(line[6:])}
 
 
 def contender(name: str, **options) -> dict:
@@ -212,9 +218,9 @@ def run_suite(suite: str, work: Path, resume: bool = False) -> dict:
     factor = spec["rss_factor"]
     big = make_corpus(work / f"embed-corpus-x{factor}", spec["embed_docs"] * factor, seed=2)
     r["rss_factor"] = factor
-    r["rss"] = {"1x": emb["ours_bfloat16"]["peak_rss_mb"],
-                f"{factor}x": step(f"rss/{factor}x", our_job, "embed", big, minilm, work / "out-rss",
-                                   dtype="bfloat16")["peak_rss_mb"]}
+    big_run = step(f"rss/{factor}x", our_job, "embed", big, minilm, work / "out-rss", dtype="bfloat16")
+    r["rss"] = {"1x": emb["ours_bfloat16"]["peak_rss_mb"], f"{factor}x": big_run["peak_rss_mb"]}
+    r["pss"] = {"1x": emb["ours_bfloat16"].get("peak_pss_mb"), f"{factor}x": big_run.get("peak_pss_mb")}
     r["profile"] = {d: step(f"profile/ner_{d}", contender, "profile", corpus=ner_corpus, model=ner_model, dtype=d,
                             stride=stride) for d in ("float32", "bfloat16")}
     r["pyspy"] = step("profile/pyspy_ner_bfloat16", pyspy_job, "ner", ner_corpus, ner_model, work / "out-pyspy",
@@ -252,7 +258,7 @@ def table(r: dict) -> str:
     achieved = {d: ner[f"bare_{d}"]["real_tokens"] / ner[f"bare_{d}"]["seconds"] * r["flops_per_token"]
                 for d in ("float32", "bfloat16")}
     demo, random_model, cosine = ner["demo_agreement"], ner["random_model_agreement"], emb["agreement"]
-    rss = list(r["rss"].values())
+    rss, pss = list(r["rss"].values()), list(r.get("pss", {}).values()) or [None, None]
     lines = [
         "\n".join(rows), "",
         "| target | measured |", "|---|---|",
@@ -273,6 +279,8 @@ def table(r: dict) -> str:
         f"{each(lambda d: f'{random_model[d]:.1%}', FAST)} |",
         f"| embeddings vs fp32, lowest cosine, bf16 / int8 (≥ 0.999) | {each(lambda d: f'{cosine[d]:.5f}', FAST)} |",
         f"| peak RSS, {r['rss_factor']}× corpus / 1× (≤ 1.2) | {rss[1] / rss[0]:.2f} ({rss[0]:.0f} → {rss[1]:.0f} MB) |",
+        *([f"| peak PSS (shared pages counted once), {r['rss_factor']}× / 1× | {pss[1] / pss[0]:.2f} "
+           f"({pss[0]:.0f} → {pss[1]:.0f} MB) |"] if all(pss) else []),
     ]
     return "\n".join(lines) + "\n\n" + profile_text(r)
 
@@ -316,11 +324,12 @@ def write_results(r: dict, text: str, path: Path) -> None:
     import torch
 
     versions = {p: __import__(p).__version__ for p in ("torch", "ray", "transformers", "sentence_transformers")}
+    notes = NOTES.read_text(encoding="utf-8") + "\n" if r["suite"] == "cpu" and NOTES.is_file() else ""
     path.write_text(
         f"# Benchmark results\n\nDate: {datetime.date.today()}  \nMachine: {platform.machine()}, "
         f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB, torch threads "
         f"{torch.get_num_threads()}  \nVersions: {versions}  \nSuite: {r['suite']} "
-        f"(command: `.venv/bin/python bench/run.py --suite {r['suite']}`)\n\n{text}\n\n"
+        f"(command: `.venv/bin/python bench/run.py --suite {r['suite']}`)\n\n{text}\n\n{notes}"
         f"Raw numbers:\n\n```json\n{json.dumps(r, indent=1, default=str)}\n```\n", encoding="utf-8")
 
 
