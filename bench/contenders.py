@@ -51,8 +51,8 @@ def st_embed(args) -> dict:
     return {"docs": len(texts), "dim": int(embeddings.shape[1])}
 
 
-def stages(task_name: str, corpus: str, model: str, dtype: str, batch_tokens: int = 16384, stride: int = 0):
-    """Yield decoded tables: our stages on whole files in this process (no Ray, no writes)."""
+def built_stages(task_name: str, corpus: str, model: str, dtype: str, batch_tokens: int = 16384, stride: int = 0):
+    """The job's plan for these options, and its validate/tokenize/infer/decode stages built in this process."""
     from pipeline.cli import parse_config
     from pipeline.job import build_plan
 
@@ -60,10 +60,22 @@ def stages(task_name: str, corpus: str, model: str, dtype: str, batch_tokens: in
     argv = ["--input", corpus, "--output", "/nonexistent", "--model", model, "--dtype", dtype,
             "--batch-tokens", str(batch_tokens), "--stride", str(stride)]
     plan, _, _ = build_plan(parse_config(config_cls, argv, "bare", "bare loop"), task)
-    validate, tokenize, infer, decode = (s.build() for s in (plan.validate, plan.tokenize, plan.infer, plan.decode))
+    return plan, {s.name: s.build() for s in (plan.validate, plan.tokenize, plan.infer, plan.decode)}
+
+
+def stages(task_name: str, corpus: str, model: str, dtype: str, batch_tokens: int = 16384, stride: int = 0):
+    """Yield decoded tables: our stages on whole files in this process (no Ray, no writes)."""
+    plan, built = built_stages(task_name, corpus, model, dtype, batch_tokens, stride)
     for file_index in range(len(plan.files.paths)):
         for table in plan.read(file_index):
-            yield decode(infer(tokenize(validate(table))))
+            for stage in built.values():
+                table = stage(table)
+            yield table
+
+
+def entity_keys(entities: list[dict] | None) -> list[tuple]:
+    """What two NER runs must agree on for a document: each entity's label and character span."""
+    return [(e["label"], e["start"], e["end"]) for e in entities or []]
 
 
 def bare(args) -> dict:
@@ -84,14 +96,7 @@ def profile(args) -> dict:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from pipeline.cli import parse_config
-    from pipeline.job import build_plan
-
-    task, config_cls = _task(args.task)
-    argv = ["--input", args.corpus, "--output", "/nonexistent", "--model", args.model, "--dtype", args.dtype,
-            "--stride", str(args.stride)]
-    plan, _, _ = build_plan(parse_config(config_cls, argv, "profile", "profile"), task)
-    built = {s.name: s.build() for s in (plan.validate, plan.tokenize, plan.infer, plan.decode)}
+    plan, built = built_stages(args.task, args.corpus, args.model, args.dtype, stride=args.stride)
     seconds = dict.fromkeys(["read", *built], 0.0)
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         for file_index in range(len(plan.files.paths))[: args.files]:
@@ -120,7 +125,7 @@ def agree(args) -> dict:
         for table in stages(args.task, args.corpus, args.model, dtype, args.batch_tokens, args.stride):
             for row in table.to_pylist():
                 if args.task == "ner":
-                    found[row["id"]] = [(e["label"], e["start"], e["end"]) for e in row["entities"] or []]
+                    found[row["id"]] = entity_keys(row["entities"])
                 else:
                     found[row["id"]] = np.asarray(row["embedding"], dtype=np.float64)
         return found

@@ -31,6 +31,7 @@ import pyarrow.dataset as pads
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.contenders import entity_keys  # noqa: E402
 from bench.workload import bert_base_ner, make_corpus, minilm_folder  # noqa: E402
 
 SUITES = {
@@ -137,8 +138,8 @@ def entity_agreement(a: Path, b: Path) -> float:
     """Share of documents whose entity lists (label, start, end) are identical."""
     def load(path: Path) -> dict:
         table = pads.dataset(path, format="parquet").to_table(columns=["id", "entities"])
-        return {i: [(e["label"], e["start"], e["end"]) for e in ents]
-                for i, ents in zip(table.column("id").to_pylist(), table.column("entities").to_pylist())}
+        return {i: entity_keys(ents) for i, ents in zip(table.column("id").to_pylist(),
+                                                       table.column("entities").to_pylist())}
     left, right = load(a), load(b)
     return sum(left[i] == right.get(i) for i in left) / max(len(left), 1)
 

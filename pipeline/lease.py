@@ -32,10 +32,6 @@ class OutputBusy(FileExistsError):
     """Another run holds the output's lease."""
 
 
-def _now() -> float:
-    return time.time()
-
-
 def _alive_here(holder: dict) -> bool:
     """False when the holder ran on this machine and its process is gone."""
     if holder.get("host") != socket.gethostname():
@@ -45,7 +41,7 @@ def _alive_here(holder: dict) -> bool:
     except ProcessLookupError:
         return False
     except (PermissionError, KeyError, ValueError):
-        return True
+        pass
     return True
 
 
@@ -55,6 +51,7 @@ class Lease:
         self.output = output
         self.path = f"{root.rstrip('/')}/_progress/{LEASE_FILE}"
         self.token = uuid.uuid4().hex
+        self.started = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -71,7 +68,7 @@ class Lease:
         holder = self.holder()
         if holder is None or holder.get("token") == self.token:
             return
-        age = _now() - float(holder.get("heartbeat", 0))
+        age = time.time() - float(holder.get("heartbeat", 0))
         if age < EXPIRES_SECONDS and _alive_here(holder):
             raise OutputBusy(
                 f"--output {self.output!r} is being written by another run (host {holder.get('host')}, "
@@ -80,6 +77,7 @@ class Lease:
 
     def acquire(self) -> Lease:
         self.check_free()
+        self.started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         self._write()
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         if protocol not in ("file", "local"):   # a local write is visible at once
@@ -101,12 +99,9 @@ class Lease:
                 self.fs.rm(self.path)
 
     def _write(self) -> None:
-        now = _now()
-        self.started = getattr(self, "started", datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat(
-            timespec="seconds"))
         self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
         body = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
-                "started": self.started, "heartbeat": now}
+                "started": self.started, "heartbeat": time.time()}
         self.fs.pipe_file(self.path, json.dumps(body).encode())
 
     def _beat(self) -> None:

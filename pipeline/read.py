@@ -8,6 +8,7 @@ Hive folder names (`date=2026-01-01/`) become string columns unless the file has
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import time
@@ -175,10 +176,11 @@ class ReadFile:
         `corrupt_data` error rows; the file's other row groups are still read.
         """
         rows, read, failure = parquet.metadata.row_group(group).num_rows, 0, None
+        reopened = contextlib.ExitStack()
         for attempt in range(READ_ATTEMPTS):
             if attempt:
                 time.sleep(0.5 * attempt)
-                parquet = pq.ParquetFile(self.files.fs.open(path, "rb"))
+                parquet = pq.ParquetFile(reopened.enter_context(self.files.fs.open(path, "rb")))
             try:
                 skip = read
                 for batch in parquet.iter_batches(batch_size=self.block_rows, row_groups=[group], columns=columns):
@@ -187,10 +189,12 @@ class ReadFile:
                     read += table.num_rows
                     if table.num_rows:
                         yield table.append_column(ERROR, pa.nulls(table.num_rows, ERROR_TYPE))
+                reopened.close()
                 return
             except (OSError, pa.ArrowException) as error:
                 failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        yield self._unreadable_rows(parquet, group, columns, read, rows, failure)
+        with reopened:
+            yield self._unreadable_rows(parquet, group, columns, read, rows, failure)
 
     def _unreadable_rows(self, parquet: pq.ParquetFile, group: int, columns: list[str], start: int, rows: int,
                          failure: str) -> pa.Table:

@@ -85,12 +85,15 @@ def run_counts(output: str, progress: ledger.Progress) -> list[dict]:
 
 
 def resume_plan(plan, start: Start):
-    """The plan without the rows earlier runs committed, and the input files that still have rows to do."""
-    committed = tuple((i, tuple(r)) for i, r in sorted(start.progress.committed.items()))
+    """The plan (writing as this run) without the rows earlier runs committed, and the files with rows to do."""
     sink = dataclasses.replace(plan.sink, config=dataclasses.replace(plan.sink.config, run=start.run))
-    plan = dataclasses.replace(plan, read=dataclasses.replace(plan.read, committed=committed), sink=sink)
-    pending = [i for i, rows in enumerate(plan.footers.rows)
-               if rows is not None and start.progress.rows_done(i) < rows]
+    return _skip_committed(dataclasses.replace(plan, sink=sink), start.progress)
+
+
+def _skip_committed(plan, progress: ledger.Progress):
+    committed = tuple((i, tuple(r)) for i, r in sorted(progress.committed.items()))
+    plan = dataclasses.replace(plan, read=dataclasses.replace(plan.read, committed=committed))
+    pending = [i for i, rows in enumerate(plan.footers.rows) if rows is not None and progress.rows_done(i) < rows]
     return plan, pending
 
 
@@ -124,12 +127,7 @@ def worker_died(error: BaseException) -> bool:
 
 def uncommitted(plan, output: str):
     """The plan reading only rows no entry commits yet, and the input files that still have some."""
-    progress = ledger.recover(output)
-    committed = tuple((i, tuple(r)) for i, r in sorted(progress.committed.items()))
-    plan = dataclasses.replace(plan, read=dataclasses.replace(plan.read, committed=committed))
-    pending = [i for i, rows in enumerate(plan.footers.rows)
-               if rows is not None and progress.rows_done(i) < rows]
-    return plan, pending
+    return _skip_committed(plan, ledger.recover(output))
 
 
 def fail_rows(plan, output: str, reason: str, only: dict[int, ledger.Ranges] | None = None) -> int:

@@ -85,10 +85,10 @@ def test_sample_corpus_is_reproducible_and_has_long_documents(tmp_path: Path) ->
 
 def test_cpu_fast_modes_keep_the_demo_models_entities() -> None:
     """bfloat16 and int8 (dynamic quantisation) against float32 on the sample corpus: ≥ 99% of documents identical."""
-    from bench.contenders import stages
+    from bench.contenders import entity_keys, stages
 
     def entities(dtype: str) -> dict:
-        return {row["id"]: [(e["label"], e["start"], e["end"]) for e in row["entities"]]
+        return {row["id"]: entity_keys(row["entities"])
                 for table in stages("ner", str(REPO / "examples" / "sample_corpus"),
                                     str(REPO / "examples" / "demo-ner-model"), dtype)
                 for row in table.select(["id", "entities"]).to_pylist()}
