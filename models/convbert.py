@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from models.bert import bert_style_config
 from models.config import ConfigError, EncoderConfig, get
 from models.heads import DenseClassifier
-from models.layers import SelfAttention
+from models.layers import Linear, SelfAttention
 from models.registry import BERT_ENCODER_RENAMES, BUFFERS, DENSE_HEAD_RENAMES, Family
 
 
@@ -61,8 +61,8 @@ class MixedAttention(SelfAttention):
         super().__init__(cfg.hidden_size, heads, head_size)
         width, self.kernel = heads * head_size, cfg.conv_kernel_size
         self.key_conv_attn_layer = SeparableConv(cfg.hidden_size, width, self.kernel)
-        self.conv_kernel_layer = nn.Linear(width, heads * self.kernel)
-        self.conv_out_layer = nn.Linear(cfg.hidden_size, width)
+        self.conv_kernel_layer = Linear(width, heads * self.kernel)
+        self.conv_out_layer = Linear(cfg.hidden_size, width)
 
     def forward(self, x: Tensor, attn_bias: Tensor, keep: Tensor) -> Tensor:
         b, t, _ = x.shape

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from models.config import EncoderConfig
-from models.layers import activation, dense
+from models.layers import Linear, activation, dense
 
 MixerFactory = Callable[[EncoderConfig], nn.Module]
 
@@ -27,7 +27,7 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(cfg.max_position_embeddings, width)
         self.token_type = nn.Embedding(cfg.type_vocab_size, width) if cfg.type_vocab_size else None
         self.norm = nn.LayerNorm(width, eps=cfg.layer_norm_eps)
-        self.project = nn.Linear(width, cfg.hidden_size) if width != cfg.hidden_size else None
+        self.project = Linear(width, cfg.hidden_size) if width != cfg.hidden_size else None
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None) -> Tensor:
         x = self.word(input_ids)                                                      # (B, T, E)
@@ -59,7 +59,7 @@ class Block(nn.Module):
         super().__init__()
         h, i, g = cfg.hidden_size, cfg.intermediate_size, cfg.num_groups
         self.mixer = mixer
-        self.mixer_out = nn.Linear(h, h)
+        self.mixer_out = Linear(h, h)
         self.mixer_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
         self.ffn_up = dense(h, i, g)
         self.ffn_down = dense(i, h, g)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import EncoderConfig
-from models.layers import activation
+from models.layers import Linear, activation
 
 
 class NoHead(nn.Module):
@@ -22,7 +22,7 @@ class TokenClassifier(nn.Module):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
+        self.classifier = Linear(cfg.hidden_size, cfg.num_labels)
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         return self.classifier(hidden)
@@ -33,7 +33,7 @@ class SpanPredictor(nn.Module):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        self.qa = nn.Linear(cfg.hidden_size, 2)
+        self.qa = Linear(cfg.hidden_size, 2)
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         return self.qa(hidden)
@@ -44,8 +44,8 @@ class PoolerClassifier(nn.Module):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
+        self.pooler = Linear(cfg.hidden_size, cfg.hidden_size)
+        self.classifier = Linear(cfg.hidden_size, cfg.num_labels)
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         return self.classifier(torch.tanh(self.pooler(hidden[:, 0])))
@@ -56,8 +56,8 @@ class DenseClassifier(nn.Module):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.out_proj = nn.Linear(cfg.hidden_size, cfg.num_labels)
+        self.dense = Linear(cfg.hidden_size, cfg.hidden_size)
+        self.out_proj = Linear(cfg.hidden_size, cfg.num_labels)
         self.act = activation(cfg.classifier_act)
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
@@ -69,8 +69,8 @@ class PreClassifier(nn.Module):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        self.pre_classifier = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
+        self.pre_classifier = Linear(cfg.hidden_size, cfg.hidden_size)
+        self.classifier = Linear(cfg.hidden_size, cfg.num_labels)
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         return self.classifier(F.relu(self.pre_classifier(hidden[:, 0])))

@@ -1,4 +1,4 @@
-"""Building blocks shared by every family: activations, fused self-attention, grouped linear layers."""
+"""Building blocks shared by every family: activations, linear layers, fused self-attention."""
 
 from __future__ import annotations
 
@@ -53,6 +53,42 @@ def activation(name: str) -> Callable[[Tensor], Tensor]:
         raise ValueError(f"activation {name!r}: expected one of {', '.join(_ACTIVATIONS)}") from None
 
 
+# Rows per matmul call for bf16/fp16 on CPU, and the step the last chunk's rows are padded to.
+ROW_CHUNK, ROW_STEP = 512, 64
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` whose CPU bf16/fp16 matmuls see at most ROW_CHUNK / ROW_STEP + 1 row counts.
+
+    oneDNN runs these matmuls and keeps, for every input shape it meets, a primitive holding a
+    packed copy of the weights (≈ 14 MB per row count for BERT-base's four linears), never freed:
+    with variable-length batches a long job's memory grew by GBs. Rows go in chunks of ROW_CHUNK,
+    the last one zero-padded to a multiple of ROW_STEP. A row's output does not depend on the other
+    rows, so results are bit-identical, and chunks of 512 rows ran faster than one large call.
+    fp32 (MKL) and CUDA keep no such state and take the plain path.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float16):
+            return super().forward(x)
+        rows = x.reshape(-1, self.in_features)
+        out = rows.new_empty(rows.shape[0], self.out_features)
+        for start in range(0, rows.shape[0], ROW_CHUNK):
+            chunk = rows[start:start + ROW_CHUNK]
+            n = chunk.shape[0]
+            if n % ROW_STEP:
+                chunk = torch.cat([chunk, chunk.new_zeros(ROW_STEP - n % ROW_STEP, self.in_features)])
+                out[start:start + n] = self._matmul(chunk)[:n]
+            else:
+                self._matmul(chunk, out[start:start + n])
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def _matmul(self, rows: Tensor, out: Tensor | None = None) -> Tensor:
+        if self.bias is None:
+            return torch.mm(rows, self.weight.t(), out=out)
+        return torch.addmm(self.bias, rows, self.weight.t(), out=out)
+
+
 class GroupedLinear(nn.Module):
     """ConvBERT's grouped dense layer: weight (groups, in/groups, out/groups), applied as x @ W (no transpose)."""
 
@@ -70,7 +106,7 @@ class GroupedLinear(nn.Module):
 
 
 def dense(in_features: int, out_features: int, groups: int = 1) -> nn.Module:
-    return nn.Linear(in_features, out_features) if groups == 1 else GroupedLinear(in_features, out_features, groups)
+    return Linear(in_features, out_features) if groups == 1 else GroupedLinear(in_features, out_features, groups)
 
 
 class SelfAttention(nn.Module):
@@ -84,7 +120,7 @@ class SelfAttention(nn.Module):
                  max_positions: int = 0):
         super().__init__()
         self.num_heads, self.head_size, self.relative = num_heads, head_size, relative
-        self.qkv = nn.Linear(hidden_size, 3 * num_heads * head_size)
+        self.qkv = Linear(hidden_size, 3 * num_heads * head_size)
         if relative:
             self.max_positions = max_positions
             self.distance_embedding = nn.Embedding(2 * max_positions - 1, head_size)

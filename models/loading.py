@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from models.config import ConfigError, EncoderConfig
 from models.encoder import Encoder
 from models.heads import NoHead, Pooling, SpanPredictor, TokenClassifier
+from models.layers import Linear
 from models.registry import Family, family_for
 from models.sentence_transformers import pooling_from_folder
 
@@ -113,6 +114,9 @@ def quantize_int8(model: TaskModel) -> TaskModel:
     """
     import warnings
 
+    for module in model.encoder.modules():   # torch quantises plain nn.Linear only; int8 needs no row chunks
+        if type(module) is Linear:
+            module.__class__ = nn.Linear
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
         model.encoder = torch.ao.quantization.quantize_dynamic(model.encoder, {nn.Linear}, dtype=torch.qint8)

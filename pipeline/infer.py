@@ -8,7 +8,9 @@ list of float32 vectors, one per token (NER, QA) or a single one (classification
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 
 import numpy as np
 import pyarrow as pa
@@ -133,6 +135,8 @@ class Infer(Stage):
             padded_per_doc = np.bincount(doc_of_window, weights=padded, minlength=len(windows_per_doc))
             table = set_column(table, OUTPUTS, per_doc)
             table = set_column(table, f"{STAT_PREFIX}padded_tokens", pa.array(padded_per_doc.astype(np.int64)))
+            if self.device == "cpu":
+                release_free_memory()
         return add_seconds(table, self.name, timer.seconds)
 
     def _run(self, ids: list[np.ndarray], type_ids: list[np.ndarray], lengths: np.ndarray):
@@ -168,6 +172,25 @@ class Infer(Stage):
                 torch.from_numpy(token_types).to(self.device) if self.model.uses_token_type_ids else None,
             )
         return out.float().cpu().numpy()
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc; elsewhere there is nothing to call).
+
+    Each batch's tensors have other sizes than the last one's; glibc kept the freed holes and a CPU
+    model actor's RSS grew by ≈ 12 MB per 1,000 documents without end (bench/NOTES.md).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def _vectors(rows: list[np.ndarray], width: int) -> pa.ListArray:
