@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from models.config import EncoderConfig
-from models.layers import Linear, activation, dense
+from models.layers import Linear, activation, dense, embedding
 
 MixerFactory = Callable[[EncoderConfig], nn.Module]
 
@@ -23,9 +23,9 @@ class Embeddings(nn.Module):
         width = cfg.embedding_size
         self.position_offset = position_offset   # RoBERTa: positions count from padding_idx + 1
         self.adds_positions = cfg.position_embedding_type in ("absolute", "sinusoidal")
-        self.word = nn.Embedding(cfg.vocab_size, width)
-        self.position = nn.Embedding(cfg.max_position_embeddings, width)
-        self.token_type = nn.Embedding(cfg.type_vocab_size, width) if cfg.type_vocab_size else None
+        self.word = embedding(cfg.vocab_size, width)
+        self.position = embedding(cfg.max_position_embeddings, width)
+        self.token_type = embedding(cfg.type_vocab_size, width) if cfg.type_vocab_size else None
         self.norm = nn.LayerNorm(width, eps=cfg.layer_norm_eps)
         self.project = Linear(width, cfg.hidden_size) if width != cfg.hidden_size else None
 

@@ -43,13 +43,18 @@ _BUILT: dict[StageSpec, Stage] = {}   # per worker process: stages used by tasks
 
 
 def init_ray() -> None:
-    """Join the cluster under `ray job submit` (RAY_ADDRESS is set there), else start an embedded Ray."""
+    """Join the cluster under `ray job submit` (RAY_ADDRESS is set there), else start an embedded Ray.
+
+    The embedded Ray runs without its dashboard: it lives only as long as the job, and its ten
+    processes cost ≈ 1 s of start-up and ≈ 0.9 GB of RSS (bench/NOTES.md). To watch a local run,
+    start a local cluster (`ray start --head`) and run the job with RAY_ADDRESS=auto.
+    """
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address="auto")
     else:
-        ray.init()
+        ray.init(include_dashboard=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,14 +125,13 @@ def _operators(ds: ray.data.Dataset, plan, infer: StageSpec, placement: Placemen
     ds = ds.map_batches(_read_files, fn_kwargs={"read": plan.read, "validate": plan.validate},
                         batch_size=1, batch_format="pyarrow", num_cpus=TASK_CPUS, max_retries=TASK_RETRIES)
     output = plan.sink.config.output
-    ds = ds.map_batches(_StageActor, fn_constructor_args=(plan.tokenize, plan.storage, output),
-                        batch_size=plan.docs_per_batch,
+    ds = ds.map_batches(_stage_actor(plan.tokenize, plan.storage, output), batch_size=plan.docs_per_batch,
                         batch_format="pyarrow", num_cpus=placement.tokenizer_cpus,
                         compute=ActorPoolStrategy(size=plan.tokenizer_actors),
                         # the Rust tokenizer's thread pool would otherwise use every core of the node
                         runtime_env={"env_vars": {"RAYON_NUM_THREADS": str(max(1, int(placement.tokenizer_cpus)))}},
                         **ACTOR_RETRIES)
-    ds = ds.map_batches(_StageActor, fn_constructor_args=(infer, plan.storage, output), batch_size=plan.docs_per_batch,
+    ds = ds.map_batches(_stage_actor(infer, plan.storage, output), batch_size=plan.docs_per_batch,
                         batch_format="pyarrow", num_cpus=placement.model_cpus,
                         num_gpus=1 if placement.use_gpu else 0,
                         compute=ActorPoolStrategy(size=plan.model_actors), **ACTOR_RETRIES)
@@ -156,6 +160,12 @@ def _apply_stage(batch: pa.Table, spec: StageSpec, storage: StorageOptions | Non
     return _build(spec)(batch)
 
 
+def _stage_actor(spec: StageSpec, storage: StorageOptions | None, output: str) -> type:
+    """A `_StageActor` class bound to one stage and named after it: Ray Data names the operator,
+    its actors and their logs after the class (`MapBatches(Infer)`, not `MapBatches(_StageActor)`)."""
+    return type(spec.cls.__name__, (_StageActor,), {"spec": spec, "storage": storage, "output": output})
+
+
 class _StageActor:
     """An actor holding one stage (the tokenizer, or the model) for its lifetime.
 
@@ -163,10 +173,13 @@ class _StageActor:
     of a batch that keeps killing its actor can be told apart (restart.isolate_crashes).
     """
 
-    def __init__(self, spec: StageSpec, storage: StorageOptions | None, output: str):
-        configure(storage)  # before the stage opens its model (possibly on object storage)
-        self.stage = spec.build()
-        self.output = output
+    spec: StageSpec
+    storage: StorageOptions | None
+    output: str
+
+    def __init__(self):
+        configure(self.storage)  # before the stage opens its model (possibly on object storage)
+        self.stage = self.spec.build()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         files, rows = batch.column(FILE_INDEX).to_numpy(), batch.column(ROW).to_numpy()
