@@ -58,7 +58,7 @@ ROW_CHUNK, ROW_STEP = 512, 64
 
 
 class Linear(nn.Linear):
-    """`nn.Linear` whose CPU bf16/fp16 matmuls see at most ROW_CHUNK / ROW_STEP + 1 row counts.
+    """`nn.Linear` whose CPU bf16/fp16 matmuls see at most ROW_CHUNK / ROW_STEP row counts.
 
     oneDNN runs these matmuls and keeps, for every input shape it meets, a primitive holding a
     packed copy of the weights (≈ 14 MB per row count for BERT-base's four linears), never freed:

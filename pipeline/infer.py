@@ -178,7 +178,7 @@ def release_free_memory() -> None:
     """Hand the heap's free pages back to the OS (glibc; elsewhere there is nothing to call).
 
     Each batch's tensors have other sizes than the last one's; glibc kept the freed holes and a CPU
-    model actor's RSS grew by ≈ 12 MB per 1,000 documents without end (bench/NOTES.md).
+    model actor's RSS grew by ≈ 30 MB per 1,000 documents without end (MiniLM, bf16; bench/NOTES.md).
     """
     trim = _malloc_trim()
     if trim is not None:
