@@ -89,12 +89,16 @@ def contender(name: str, **options) -> dict:
     return measure(cmd)
 
 
-def our_job(task: str, corpus: Path, model: Path, output: Path, **flags) -> dict:
+def job_command(task: str, corpus: Path, model: Path, output: Path, **flags) -> list[str]:
     cmd = [sys.executable, f"jobs/{task}_corpus.py", "--input", str(corpus), "--model", str(model),
            "--output", str(output), "--overwrite"]
     for key, value in flags.items():
         cmd += ["--" + key.replace("_", "-"), str(value)]
-    result = measure(cmd, env={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
+    return cmd
+
+
+def our_job(task: str, corpus: Path, model: Path, output: Path, **flags) -> dict:
+    result = measure(job_command(task, corpus, model, output, **flags), env={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
     report = json.loads((output / "_run.json").read_text())["report"]
     return {**result, "docs": report["documents"], "real_tokens": report["real_tokens"],
             "padding_efficiency": report["padding_efficiency"]}
@@ -111,12 +115,9 @@ PYSPY_PARTS = (("model forward", ("models/", "pipeline/infer.py")), ("tokenize",
 def pyspy_job(task: str, corpus: Path, model: Path, output: Path, **flags) -> dict:
     """py-spy over the whole job (driver and every Ray worker): where the busy samples go."""
     raw = output.with_suffix(".pyspy.txt")
-    cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses", "--format", "raw", "-r", "50",
-           "-o", str(raw), "--", sys.executable, f"jobs/{task}_corpus.py", "--input", str(corpus), "--model",
-           str(model), "--output", str(output), "--overwrite"]
-    for key, value in flags.items():
-        cmd += ["--" + key.replace("_", "-"), str(value)]
-    measure(cmd, env={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
+    spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses", "--format", "raw", "-r", "50",
+           "-o", str(raw), "--"]
+    measure(spy + job_command(task, corpus, model, output, **flags), env={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
     parts: dict[str, int] = {}
     leaves: dict[str, int] = {}
     for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
