@@ -1,10 +1,22 @@
-"""Plain-PyTorch BERT-family encoders, task heads, checkpoint and tokenizer loading (no `transformers`)."""
+"""Plain-PyTorch BERT-family encoders, task heads, checkpoint and tokenizer loading (no `transformers`).
 
-from models.config import ConfigError, EncoderConfig
-from models.loading import TASKS, CheckpointError, TaskModel, load_model
-from models.tokenizer import Tokenizer, Window, WindowError, load_tokenizer
+The names below load on first use: the tokenizer side (models.tokenizer, models.config) does not
+import torch, so the processes that only tokenize, decode or plan do not pay torch's import (≈ 1.6 s).
+"""
 
-__all__ = [
-    "TASKS", "CheckpointError", "ConfigError", "EncoderConfig", "TaskModel", "Tokenizer", "Window",
-    "WindowError", "load_model", "load_tokenizer",
-]
+import importlib
+
+_WHERE = {
+    "ConfigError": "models.config", "EncoderConfig": "models.config",
+    "TASKS": "models.loading", "CheckpointError": "models.loading", "TaskModel": "models.loading",
+    "load_model": "models.loading",
+    "Tokenizer": "models.tokenizer", "Window": "models.tokenizer", "WindowError": "models.tokenizer",
+    "load_tokenizer": "models.tokenizer",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -99,16 +99,13 @@ class Infer(Stage):
     adds = (OUTPUTS, f"{STAT_PREFIX}padded_tokens")
 
     def __init__(self, config: InferConfig):
-        import torch
-
         from models import load_model
         from models.loading import quantize_int8
+        from models.remote import local_model_folder
 
         self.config = config
         self.device = resolve_device(config.device)
-        if config.threads and self.device == "cpu":
-            torch.set_num_threads(config.threads)
-        from models.remote import local_model_folder
+        self._set_threads()
 
         self.model = load_model(local_model_folder(config.model), config.task, dtype=resolve_dtype(config.dtype, self.device),
                                 device=self.device, **dict(config.model_options))
@@ -119,8 +116,19 @@ class Infer(Stage):
         probe = np.zeros(1, dtype=np.int32)
         self.width = int(self._forward([probe], [probe], np.array([1]), np.array([0]))[0].shape[-1])
 
+    def _set_threads(self) -> None:
+        """Intra-op threads for the calling thread: OpenMP keeps the thread count per thread, and a
+        thread that never set it runs oneDNN/MKL matmuls on OMP_NUM_THREADS, which Ray sets to 1 in
+        its workers. Ray runs an actor's batches in another thread than its constructor, so this runs
+        before every batch (it measured 1 of 2 cores busy in the matmuls otherwise; bench/NOTES.md)."""
+        if self.config.threads and self.device == "cpu":
+            import torch
+
+            torch.set_num_threads(self.config.threads)
+
     def __call__(self, table: pa.Table) -> pa.Table:
         with Timer() as timer:
+            self._set_threads()
             windows_column = table.column(WINDOWS)
             windows_per_doc = flat_lengths(windows_column)
             windows = flatten(windows_column)

@@ -293,6 +293,44 @@ def test_infer_keeps_the_output_type_for_a_batch_of_error_rows(ner_stages, ner_c
     assert only_errors.column(OUTPUTS).to_pylist() == [None, None]
 
 
+# Runs with OMP_NUM_THREADS=1 (what Ray sets in its workers): builds the stage in the main thread and
+# runs a batch in another one, as a Ray actor does; prints the OpenMP thread count inside the forward.
+THREAD_PROBE = """
+import ctypes, sys, threading
+import torch
+from pipeline.infer import Infer, InferConfig
+from pipeline.tokenize import Tokenize, TokenizeConfig
+from pipeline.validate import ValidateConfig, ValidateText
+from tests.test_stages import docs_table
+
+gomp = next(line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line)
+omp_get_max_threads = ctypes.CDLL(gomp).omp_get_max_threads
+infer = Infer(InferConfig(sys.argv[1], "ner", device="cpu", threads=2, dtype=sys.argv[2]))
+table = Tokenize(TokenizeConfig(sys.argv[1], max_length=32))(ValidateText(ValidateConfig())(docs_table(["John Smith"])))
+seen = []
+forward = infer.model.forward
+infer.model.forward = lambda *args: seen.append(omp_get_max_threads()) or forward(*args)
+worker = threading.Thread(target=infer, args=(table,))
+worker.start()
+worker.join()
+print(seen)
+"""
+
+
+def test_model_threads_hold_in_the_thread_that_runs_the_batches(ner_checkpoint):
+    """OpenMP keeps its thread count per thread: set only where the stage was built, the batches ran
+    their matmuls on one core in a Ray actor (OMP_NUM_THREADS=1, batches in another thread)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", THREAD_PROBE, str(ner_checkpoint), "bfloat16"], env=env,
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[2]"
+
+
 def test_int8_quantises_the_encoders_linear_layers_on_cpu_only(ner_checkpoint):
     from pipeline.infer import resolve_dtype
 
