@@ -38,7 +38,10 @@ class JobConfig(BaseModel):
                                    "bfloat16 or int8 (dynamic quantisation of the encoder's linear layers): "
                                    "the CPU fast modes")
     tokenizer_actors: int = Field(1, ge=1, description="tokenizer actors (CPU)")
-    model_actors: int = Field(1, ge=1, description="model actors (one GPU each on CUDA)")
+    model_actors: int | None = Field(
+        None, ge=1, description="model actors (one GPU each on CUDA); default: one per GPU, on CPU one "
+                                "single-threaded actor per core (fewer when the node's memory or the corpus "
+                                "is small, each then with more threads)")
     docs_per_batch: int = Field(256, ge=1, description="documents per batch handed to a tokenizer/model actor")
     rows_per_file: int = Field(100_000, ge=1, description="target result rows per output Parquet file")
     partition_by: str | None = Field(None, description="write hive folders COLUMN=value/ (a kept input column)")

@@ -43,6 +43,7 @@ class ModelInfo:
     id2label: tuple[str, ...]
     fingerprint: str
     max_tokens: int                 # longest window the position embeddings allow
+    weight_bytes: int = 0           # size of the weight files (what one model actor holds, roughly)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +89,11 @@ class Plan:
     sink: StageSpec
     docs_per_batch: int
     tokenizer_actors: int
-    model_actors: int
+    model_actors: int | None        # None: ray_plan.place decides from the cluster, the model and the corpus
     rows_per_file: int
     footers: Footers                # rows per input file; shards whose footer cannot be read
     storage: StorageOptions = StorageOptions()   # configured in every worker (pipeline/storage.py)
+    model_bytes: int = 0            # weight bytes of the model(s) each model actor loads
 
 
 def inspect_model(folder: str) -> ModelInfo:
@@ -111,7 +113,7 @@ def inspect_model(folder: str) -> ModelInfo:
     offset = config.pad_token_id + 1 if family.roberta_positions and config.pad_token_id is not None else 0
     # Stages get the URL of a remote model (each node resolves it to its own cached copy).
     return ModelInfo(folder if is_remote(folder) else str(path), tuple(config.labels), fingerprint(files),
-                     config.max_position_embeddings - offset)
+                     config.max_position_embeddings - offset, sum(f.stat().st_size for f in files))
 
 
 def resolve_max_length(config: JobConfig, model: ModelInfo) -> int:
@@ -175,6 +177,7 @@ def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
         rows_per_file=config.rows_per_file,
         footers=footers,
         storage=config.storage,
+        model_bytes=model.weight_bytes,
     )
     try:
         check_chain((*read_columns, FILE_INDEX, SOURCE, ROW, ERROR),

@@ -43,7 +43,7 @@ class _Built:
 def multi_task(config: MultiConfig) -> tuple[JobConfig, Task]:
     """(the run's shared config, a Task running every task of `config.tasks`) for `run_job`."""
     entries = config.task_configs()
-    stages, descriptions, max_lengths, columns, max_tokens = [], [], {}, {}, []
+    stages, descriptions, max_lengths, columns, max_tokens, weight_bytes = [], [], {}, {}, [], []
     for column, name, task_config in entries:
         task = TASKS[name]
         model = inspect_model(task_config.model)
@@ -57,11 +57,12 @@ def multi_task(config: MultiConfig) -> tuple[JobConfig, Task]:
         max_lengths[column] = feed.max_length
         columns.update(dict.fromkeys(feed.columns))
         max_tokens.append(model.max_tokens)
+        weight_bytes.append(model.weight_bytes)
     tokenize, infer, decode = combine(stages)
     fingerprint = hashlib.sha256(json.dumps(descriptions, sort_keys=True).encode()).hexdigest()
     models = ", ".join(task_config.model for _, _, task_config in entries)
     built = _Built(
-        model=ModelInfo(models, (), fingerprint, min(max_tokens)),
+        model=ModelInfo(models, (), fingerprint, min(max_tokens), sum(weight_bytes)),
         feed=Feed(tokenize, max_lengths, tuple(columns), infer=infer),
         decode=decode,
         fields=tuple(struct_field(s.column, s.fields) for s in stages),

@@ -6,9 +6,9 @@
 CPU budget: model actors on CPU reserve (in Ray's accounting) the CPUs left after the tokenizer
 actors and a reserve for the read/decode/write tasks; without that reserve the tasks could wait
 forever for a CPU held by an idle actor. Their torch intra-op threads (Ray sets OMP_NUM_THREADS=1
-in workers) are the node's cores shared by the model actors on it: the tokenizer and the tasks
-are light next to an encoder (a few % of its time, bench/RESULTS.md), so leaving them whole
-cores would idle those cores (on 2 cores: half the machine).
+in workers) are the node's cores shared by the model actors on it (by default one actor per core,
+one thread each: `place`): the tokenizer and the tasks are light next to an encoder (a few % of
+its time, bench/RESULTS.md), so leaving them whole cores would idle those cores.
 """
 
 from __future__ import annotations
@@ -61,42 +61,71 @@ def init_ray() -> None:
 class Placement:
     use_gpu: bool
     tokenizer_cpus: float       # per tokenizer actor
+    model_actors: int
     model_cpus: float           # per model actor
     model_threads: int
 
 
-def place(device: str, tokenizer_actors: int, model_actors: int, cluster_cpus: float,
-          cluster_gpus: float, node_cpus: float | None = None) -> Placement:
+# What a CPU model actor holds besides its weights (torch, Ray's worker, the forward's activations):
+# measured 0.6-1.6 GB for MiniLM and BERT-base actors (bench/RESULTS.md), i.e. about twice the weight
+# files plus this. The default placement keeps a node's model copies within half of its memory.
+ACTOR_BASE_BYTES = 400 * 2**20
+NODE_MEMORY_SHARE = 0.5
+
+
+def place(device: str, tokenizer_actors: int, model_actors: int | None, cluster_cpus: float,
+          cluster_gpus: float, node_cpus: float | None = None, node_memory: float | None = None,
+          model_bytes: int = 0, batches: int | None = None) -> Placement:
     """Resources per actor; model actors get a GPU each when `device` allows and the cluster has them.
 
-    `node_cpus`: CPUs of one (the largest) node; default: one node holding all of `cluster_cpus`.
+    `model_actors` None: one per GPU; on CPU one single-threaded actor per core of each node, fewer
+    where the node's memory would not hold that many copies of the model (`model_bytes` of weights)
+    or the corpus has fewer `batches`, each actor then with more threads. Single-threaded because
+    torch splits each operator of a forward over its threads, which meet at a barrier: anything
+    preempting one thread (the tokenizer, a decode task, Ray's own processes) stalls all of them,
+    while one-thread actors lose only the time taken (2 × 1 thread ran the bf16 embed job 1.15× as
+    fast as 1 × 2 threads on 2 cores; bench/NOTES.md).
+    `node_cpus`, `node_memory`: of one (the largest) node; default: one node holding all of `cluster_cpus`.
     """
     use_gpu = device != "cpu" and cluster_gpus >= 1
     if device == "cuda" and not use_gpu:
         raise UsageError("--device cuda: the Ray cluster has no GPU; use --device auto or cpu")
-    if use_gpu and model_actors > cluster_gpus:
-        raise UsageError(f"--model-actors {model_actors}: the cluster has {int(cluster_gpus)} GPUs")
-    reserve = max(0.5, 0.25 * cluster_cpus)
     tokenizer_cpus = min(1.0, 0.25 * cluster_cpus / tokenizer_actors)
     if use_gpu:
-        return Placement(True, tokenizer_cpus, 1.0, 1)
+        actors = model_actors or int(cluster_gpus)
+        if actors > cluster_gpus:
+            raise UsageError(f"--model-actors {actors}: the cluster has {int(cluster_gpus)} GPUs")
+        return Placement(True, tokenizer_cpus, actors, 1.0, 1)
+    node_cpus = node_cpus or cluster_cpus
+    nodes = max(1, round(cluster_cpus / node_cpus))
+    if model_actors is None:
+        per_node = max(1, int(node_cpus))
+        if node_memory and model_bytes:
+            fits = int(NODE_MEMORY_SHARE * node_memory // (2 * model_bytes + ACTOR_BASE_BYTES))
+            per_node = max(1, min(per_node, fits))
+        model_actors = max(1, min(per_node * nodes, batches or per_node * nodes))
+    reserve = max(0.5, 0.25 * cluster_cpus)
     left = cluster_cpus - reserve - tokenizer_cpus * tokenizer_actors
     model_cpus = round(left / model_actors, 2)
     if model_cpus < 0.25:
         raise UsageError(f"--model-actors {model_actors} and --tokenizer-actors {tokenizer_actors} "
                          f"do not fit in {cluster_cpus:g} CPUs; use fewer actors")
-    node_cpus = node_cpus or cluster_cpus
-    per_node = math.ceil(model_actors / max(1, round(cluster_cpus / node_cpus)))
-    return Placement(False, tokenizer_cpus, model_cpus, max(1, math.floor(node_cpus / per_node)))
+    per_node = math.ceil(model_actors / nodes)
+    return Placement(False, tokenizer_cpus, model_actors, model_cpus, max(1, math.floor(node_cpus / per_node)))
 
 
 def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], dict]:
     """Run the plan over the given input files (default: all); return (what each write returned, placement)."""
     init_ray()
+    if file_indices is None:
+        file_indices = list(range(len(plan.files.paths)))
     resources = ray.cluster_resources()
-    node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=None)
+    largest = max((n["Resources"] for n in ray.nodes() if n.get("Alive")), key=lambda r: r.get("CPU", 0.0),
+                  default={})
+    rows = sum(plan.footers.rows[i] or 0 for i in file_indices)
     placement = place(plan.infer.config.device, plan.tokenizer_actors, plan.model_actors,
-                      resources.get("CPU", 1.0), resources.get("GPU", 0.0), node_cpus)
+                      resources.get("CPU", 1.0), resources.get("GPU", 0.0), largest.get("CPU"),
+                      largest.get("memory"), plan.model_bytes, math.ceil(rows / plan.docs_per_batch))
     if placement.use_gpu and plan.infer.config.dtype == "int8":
         raise UsageError("--dtype int8 (dynamic quantisation) runs on CPU only; use --device cpu or --dtype bfloat16")
     infer = dataclasses.replace(
@@ -105,8 +134,6 @@ def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], di
             threads=None if placement.use_gpu else placement.model_threads))
 
     # One block per input file, made on the driver (ray.data.range would need a read task with a whole CPU).
-    if file_indices is None:
-        file_indices = list(range(len(plan.files.paths)))
     ds = ray.data.from_items([{"file": i} for i in file_indices], override_num_blocks=len(file_indices))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
@@ -125,16 +152,17 @@ def _operators(ds: ray.data.Dataset, plan, infer: StageSpec, placement: Placemen
     ds = ds.map_batches(_read_files, fn_kwargs={"read": plan.read, "validate": plan.validate},
                         batch_size=1, batch_format="pyarrow", num_cpus=TASK_CPUS, max_retries=TASK_RETRIES)
     output = plan.sink.config.output
-    ds = ds.map_batches(_stage_actor(plan.tokenize, plan.storage, output), batch_size=plan.docs_per_batch,
-                        batch_format="pyarrow", num_cpus=placement.tokenizer_cpus,
-                        compute=ActorPoolStrategy(size=plan.tokenizer_actors),
-                        # the Rust tokenizer's thread pool would otherwise use every core of the node
-                        runtime_env={"env_vars": {"RAYON_NUM_THREADS": str(max(1, int(placement.tokenizer_cpus)))}},
-                        **ACTOR_RETRIES)
+    # The Rust tokenizer's thread pool would otherwise use every core of the node. Set in the actor,
+    # not as a runtime_env: a runtime_env needs a worker process of its own, started for it (≈ 2 s of
+    # CPU on a 2-core node at the busiest moment), where an idle prestarted worker can take the actor.
+    tokenizer_env = {"RAYON_NUM_THREADS": str(max(1, int(placement.tokenizer_cpus)))}
+    ds = ds.map_batches(_stage_actor(plan.tokenize, plan.storage, output, tokenizer_env),
+                        batch_size=plan.docs_per_batch, batch_format="pyarrow", num_cpus=placement.tokenizer_cpus,
+                        compute=ActorPoolStrategy(size=plan.tokenizer_actors), **ACTOR_RETRIES)
     ds = ds.map_batches(_stage_actor(infer, plan.storage, output), batch_size=plan.docs_per_batch,
                         batch_format="pyarrow", num_cpus=placement.model_cpus,
                         num_gpus=1 if placement.use_gpu else 0,
-                        compute=ActorPoolStrategy(size=plan.model_actors), **ACTOR_RETRIES)
+                        compute=ActorPoolStrategy(size=placement.model_actors), **ACTOR_RETRIES)
     ds = ds.map_batches(_apply_stage, fn_kwargs={"spec": plan.decode, "storage": plan.storage},
                         batch_size=plan.docs_per_batch,
                         batch_format="pyarrow", num_cpus=TASK_CPUS, max_retries=TASK_RETRIES)
@@ -160,10 +188,11 @@ def _apply_stage(batch: pa.Table, spec: StageSpec, storage: StorageOptions | Non
     return _build(spec)(batch)
 
 
-def _stage_actor(spec: StageSpec, storage: StorageOptions | None, output: str) -> type:
+def _stage_actor(spec: StageSpec, storage: StorageOptions | None, output: str, env: dict | None = None) -> type:
     """A `_StageActor` class bound to one stage and named after it: Ray Data names the operator,
     its actors and their logs after the class (`MapBatches(Infer)`, not `MapBatches(_StageActor)`)."""
-    return type(spec.cls.__name__, (_StageActor,), {"spec": spec, "storage": storage, "output": output})
+    return type(spec.cls.__name__, (_StageActor,), {"spec": spec, "storage": storage, "output": output,
+                                                    "env": env or {}})
 
 
 class _StageActor:
@@ -176,8 +205,10 @@ class _StageActor:
     spec: StageSpec
     storage: StorageOptions | None
     output: str
+    env: dict    # environment variables set before the stage is built
 
     def __init__(self):
+        os.environ.update(self.env)
         configure(self.storage)  # before the stage opens its model (possibly on object storage)
         self.stage = self.spec.build()
 
