@@ -8,7 +8,7 @@ import importlib
 
 _WHERE = {
     "ConfigError": "models.config", "EncoderConfig": "models.config",
-    "TASKS": "models.loading", "CheckpointError": "models.loading", "TaskModel": "models.loading",
+    "TASKS": "models.loading", "CheckpointError": "models.checkpoint", "TaskModel": "models.loading",
     "load_model": "models.loading",
     "Tokenizer": "models.tokenizer", "Window": "models.tokenizer", "WindowError": "models.tokenizer",
     "load_tokenizer": "models.tokenizer",

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from models.config import EncoderConfig, get, read_common
-from models.heads import PoolerClassifier
 from models.registry import BERT_ENCODER_RENAMES, BUFFERS, Family
 
 
@@ -50,5 +49,5 @@ FAMILY = Family(
     ),
     qkv_names=("query", "key", "value"),
     droppable=(r"^pooler\.", r"^cls\.", *BUFFERS),
-    classifier=PoolerClassifier,
+    classifier="PoolerClassifier",
 )

@@ -7,13 +7,13 @@ pre_classifier → ReLU → classifier on the first token.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from models.config import ConfigError, EncoderConfig, get, read_common
-from models.heads import PreClassifier
 from models.registry import BUFFERS, Family
+
+if TYPE_CHECKING:
+    import torch
 
 
 def parse_config(raw: Mapping[str, Any]) -> EncoderConfig:
@@ -40,6 +40,8 @@ def parse_config(raw: Mapping[str, Any]) -> EncoderConfig:
 
 def sinusoidal_table(positions: int, dim: int) -> torch.Tensor:
     """PE[pos, j] = sin/cos(pos / 10000^(2*(j//2)/dim)): sin on even columns, cos on odd ones."""
+    import torch
+
     pos = torch.arange(positions, dtype=torch.float64)[:, None]
     j = torch.arange(dim, dtype=torch.float64)[None, :]
     angle = pos / torch.pow(10000.0, 2 * torch.div(j, 2, rounding_mode="floor") / dim)
@@ -78,7 +80,7 @@ FAMILY = Family(
     ),
     qkv_names=("q_lin", "k_lin", "v_lin"),
     droppable=(r"^vocab_(transform|layer_norm|projector)\.", *BUFFERS),
-    classifier=PreClassifier,
+    classifier="PreClassifier",
     uses_token_type_ids=False,
     fill_missing=fill_sinusoidal,
 )

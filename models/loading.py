@@ -7,8 +7,6 @@ allow-list (MLM heads, unused poolers, position-id buffers) may be left over.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 
@@ -16,21 +14,18 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from models import heads as head_modules
+from models.checkpoint import CheckpointError, fingerprint, read_config, weight_files
 from models.config import ConfigError, EncoderConfig
 from models.encoder import Encoder
 from models.heads import NoHead, Pooling, SpanPredictor, TokenClassifier
 from models.layers import Linear
-from models.registry import Family, family_for
+from models.registry import Family
 from models.sentence_transformers import pooling_from_folder
 
 TASKS = ("base", "ner", "classify", "qa", "embed")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _LEGACY = ((re.compile(r"LayerNorm\.gamma$"), "LayerNorm.weight"), (re.compile(r"LayerNorm\.beta$"), "LayerNorm.bias"))
 _HEAD_NAMES = {"ner": "token-classification", "classify": "sequence-classification", "qa": "question-answering"}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder we cannot load exactly; the message names the files or tensors at fault."""
 
 
 class TaskModel(nn.Module):
@@ -56,28 +51,13 @@ class TaskModel(nn.Module):
         return self.head(hidden, attention_mask)
 
 
-def read_config(folder: Path) -> tuple[Family, EncoderConfig]:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: no config.json (is this a Hugging Face checkpoint folder?)")
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    try:
-        family = family_for(raw.get("model_type", ""))
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    unknown = [a for a in raw.get("architectures") or () if a not in family.supported_architectures()]
-    if unknown:
-        raise CheckpointError(f"{path}: architectures {unknown} not supported; supported are "
-                              f"{', '.join(family.supported_architectures())}")
-    return family, family.parse_config(raw)
-
-
 def build_head(family: Family, config: EncoderConfig, task: str, folder: Path,
                pooling: str | None, normalize: bool | None) -> nn.Module:
     if task == "embed":
         modes, norm = pooling_from_folder(folder)
         return Pooling((pooling,) if pooling else modes, norm if normalize is None else normalize)
-    heads = {"base": NoHead, "ner": TokenClassifier, "classify": family.classifier, "qa": SpanPredictor}
+    heads = {"base": NoHead, "ner": TokenClassifier, "classify": getattr(head_modules, family.classifier),
+             "qa": SpanPredictor}
     if task not in heads:
         raise ValueError(f"task={task!r}: expected one of {', '.join(TASKS)}")
     return heads[task](config) if task != "base" else NoHead()
@@ -121,21 +101,6 @@ def quantize_int8(model: TaskModel) -> TaskModel:
         warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
         model.encoder = torch.ao.quantization.quantize_dynamic(model.encoder, {nn.Linear}, dtype=torch.qint8)
     return model
-
-
-def weight_files(folder: Path) -> list[Path]:
-    for name in WEIGHT_FILES:
-        path = folder / name
-        if not path.is_file():
-            continue
-        if name.endswith(".index.json"):
-            shards = sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()))
-            missing = [s for s in shards if not (folder / s).is_file()]
-            if missing:
-                raise CheckpointError(f"{path}: shards missing from the folder: {', '.join(missing)}")
-            return [folder / s for s in shards]
-        return [path]
-    raise CheckpointError(f"{folder}: no weights; looked for {', '.join(WEIGHT_FILES)}")
 
 
 def read_weights(files: list[Path]) -> dict[str, Tensor]:
@@ -242,12 +207,3 @@ def check_state(model: nn.Module, state: dict[str, Tensor], names: Names, origin
     raise CheckpointError("checkpoint does not match the model — "
                           + "; ".join(f"{label}: {', '.join(items)}" for label, items in report if items)
                           + f". Available in the checkpoint: {shown}")
-
-
-def fingerprint(files: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in files:
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 24):
-                digest.update(chunk)
-    return digest.hexdigest()

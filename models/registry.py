@@ -1,21 +1,27 @@
-"""What a family hands to the shared skeleton and loader, and the registries of families and tasks."""
+"""What a family hands to the shared skeleton and loader, and the registries of families and tasks.
+
+No torch here nor in the family modules: the driver reads and checks a checkpoint's config with
+them without importing torch (≈ 1.5 s); the torch modules they name are imported when a model is built.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from models.config import EncoderConfig
-from models.layers import SelfAttention
+
+if TYPE_CHECKING:
+    from torch import nn
 
 Rule = tuple[str, str]   # (checkpoint name prefix, our name prefix); "{n}" stands for a layer number
 
 
 def attention_mixer(cfg: EncoderConfig) -> nn.Module:
+    from models.layers import SelfAttention
+
     relative = cfg.position_embedding_type if cfg.position_embedding_type.startswith("relative") else None
     return SelfAttention(cfg.hidden_size, cfg.num_heads, cfg.hidden_size // cfg.num_heads, relative,
                          cfg.max_position_embeddings)
@@ -31,7 +37,7 @@ class Family:
     renames: tuple[Rule, ...]                     # checkpoint name (prefix stripped) ↔ ours; first match wins
     qkv_names: tuple[str, str, str]               # renamed q/k/v linears, fused into one "qkv"
     droppable: tuple[str, ...]                    # checkpoint names we knowingly ignore (MLM heads, ...)
-    classifier: Callable[[EncoderConfig], nn.Module]
+    classifier: str                               # the sequence classifier: a class of models.heads
     make_mixer: Callable[[EncoderConfig], nn.Module] = attention_mixer
     roberta_positions: bool = False               # positions counted from padding_idx + 1
     uses_token_type_ids: bool = True

@@ -11,7 +11,6 @@ from typing import Any
 
 from models.bert import bert_style_config
 from models.config import EncoderConfig
-from models.heads import DenseClassifier
 from models.registry import BERT_ENCODER_RENAMES, BUFFERS, DENSE_HEAD_RENAMES, Family
 
 
@@ -28,6 +27,6 @@ FAMILY = Family(
     renames=BERT_ENCODER_RENAMES + DENSE_HEAD_RENAMES,
     qkv_names=("query", "key", "value"),
     droppable=(r"^pooler\.", r"^lm_head\.", *BUFFERS),
-    classifier=DenseClassifier,
+    classifier="DenseClassifier",
     roberta_positions=True,
 )

@@ -52,7 +52,7 @@ class ClassifyDecode(DocumentDecode):
 
 
 def _problem_type(folder: str) -> str | None:
-    from models.loading import read_config
+    from models.checkpoint import read_config
 
     return read_config(Path(folder))[1].problem_type
 

@@ -102,7 +102,7 @@ def _feed(config, model: ModelInfo) -> Feed:
 
 
 def _dim(config, model: ModelInfo) -> int:
-    from models.loading import read_config
+    from models.checkpoint import read_config
 
     modes, _ = model_pooling(config, model.folder)
     return read_config(Path(model.folder))[1].hidden_size * len(modes)

@@ -98,7 +98,7 @@ class Plan:
 
 def inspect_model(folder: str) -> ModelInfo:
     from models import CheckpointError, ConfigError
-    from models.loading import fingerprint, read_config, weight_files
+    from models.checkpoint import fingerprint, read_config, weight_files
     from models.remote import is_remote, local_model_folder
 
     try:  # a folder on object storage is copied once into this node's cache (models/remote.py)
