@@ -103,7 +103,7 @@ def place(device: str, tokenizer_actors: int, model_actors: int | None, cluster_
         if node_memory and model_bytes:
             fits = int(NODE_MEMORY_SHARE * node_memory // (2 * model_bytes + ACTOR_BASE_BYTES))
             per_node = max(1, min(per_node, fits))
-        model_actors = max(1, min(per_node * nodes, batches or per_node * nodes))
+        model_actors = min(per_node * nodes, batches) if batches else per_node * nodes
     reserve = max(0.5, 0.25 * cluster_cpus)
     left = cluster_cpus - reserve - tokenizer_cpus * tokenizer_actors
     model_cpus = round(left / model_actors, 2)
