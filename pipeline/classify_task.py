@@ -2,11 +2,11 @@
 
 Text pairs (`--text-pair-column`) are windowed with the first text repeated in every window and
 the second one cut into windows (`truncation="only_second"`); a pair that fits one window is
-encoded exactly as the HF text-classification pipeline encodes it. A document longer than one
-window gets one label from all its windows (`--window-aggregation`, see `classify_decode`).
-Two differences from the HF pipeline: an empty second text is still encoded as a pair
-(`[CLS] a [SEP] [SEP]`; HF's one-text call drops it), and a pair whose first text leaves no room
-for the second becomes an error row (HF truncates both texts).
+encoded exactly as the HF text-classification pipeline encodes it, and an empty second text is
+dropped as HF drops it (the first text is classified alone). A document longer than one window
+gets one label from all its windows (`--window-aggregation`, see `classify_decode`). One
+difference from the HF pipeline: a pair whose first text leaves no room for the second becomes an
+error row (HF truncates both texts).
 """
 
 from __future__ import annotations

@@ -80,7 +80,22 @@ class Tokenize(Stage):
         return add_seconds(table, self.name, timer.seconds)
 
     def _encode(self, texts: list[str], pairs: list[str] | None) -> tuple[list[list], dict[int, Exception]]:
-        """Encode the batch; if that fails, encode one by one so only the bad documents fail."""
+        """Encode the batch; if that fails, encode one by one so only the bad documents fail.
+
+        An empty second text is dropped, as HF's tokenizer drops it (`tokenizer(text, "")` encodes the
+        text alone, and so do the pipelines, which call it one input at a time).
+        """
+        if pairs is not None and "" in pairs:
+            alone = [i for i, pair in enumerate(pairs) if pair == ""]
+            paired = [i for i, pair in enumerate(pairs) if pair != ""]
+            per_doc: list[list] = [[] for _ in texts]
+            failures: dict[int, Exception] = {}
+            for group, group_pairs in ((alone, None), (paired, [pairs[i] for i in paired])):
+                docs, failed = self._encode([texts[i] for i in group], group_pairs)
+                for i, windows in zip(group, docs):
+                    per_doc[i] = windows
+                failures.update({group[j]: error for j, error in failed.items()})
+            return per_doc, failures
         kwargs = dict(max_length=self.config.max_length, stride=self.config.stride)
         try:
             return self.tokenizer.encode_windows(texts, pairs=pairs, **kwargs), {}
