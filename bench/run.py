@@ -99,9 +99,12 @@ def job_command(task: str, corpus: Path, model: Path, output: Path, **flags) -> 
 
 def our_job(task: str, corpus: Path, model: Path, output: Path, **flags) -> dict:
     result = measure(job_command(task, corpus, model, output, **flags), env={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
-    report = json.loads((output / "_run.json").read_text())["report"]
+    run = json.loads((output / "_run.json").read_text())
+    report, actors = run["report"], run["placement"].get("model_actors") or 1
+    # the model actors' mean busy time: what is left of the wall is start-up, hand-overs and the tail
+    model_busy = report["stages"].get("infer", {}).get("busy_seconds", 0.0) / actors
     return {**result, "docs": report["documents"], "real_tokens": report["real_tokens"],
-            "padding_efficiency": report["padding_efficiency"]}
+            "padding_efficiency": report["padding_efficiency"], "model_busy_seconds": round(model_busy, 2)}
 
 
 # Frames where a thread waits (py-spy still samples some of them): left out of the shares.
@@ -295,6 +298,12 @@ def profile_text(r: dict) -> str:
         ops = ", ".join(f"`{k}` {v:.0%}" for k, v in p["top_ops"][:6])
         lines.append(f"- NER BERT-base {dtype}, in-process, {p['threads']} threads: stages {shares}; "
                      f"top operators (self CPU): {ops}")
+    busy = [f"{task} {d} {x['model_busy_seconds'] / x['seconds']:.0%} of {x['seconds']:.0f} s"
+            for task, runs in (("NER", r["ner"]), ("embed", r["embed"])) for d in DTYPES
+            if "model_busy_seconds" in (x := runs[f"ours_{d}"])]
+    if busy:
+        lines.append(f"- Our jobs' model actors busy (mean per actor) over the job's wall time: {', '.join(busy)}; "
+                     "the rest is start-up (driver, local Ray, actor processes, model load), hand-overs and the tail")
     if "pyspy" in r:
         spy = r["pyspy"]
         parts = ", ".join(f"{k} {v:.1%}" for k, v in spy["parts"].items())

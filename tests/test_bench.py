@@ -34,7 +34,8 @@ def test_bare_loop_and_agreement_contenders_run_in_process(tmp_path, capsys):
 
 
 def test_report_has_every_target(tmp_path):
-    job = {"seconds": 10.0, "peak_rss_mb": 100.0, "docs": 100, "real_tokens": 5000, "padding_efficiency": 0.97}
+    job = {"seconds": 10.0, "peak_rss_mb": 100.0, "docs": 100, "real_tokens": 5000, "padding_efficiency": 0.97,
+           "model_busy_seconds": 8.0}
     other = {"seconds": 20.0, "peak_rss_mb": 90.0, "docs": 100}
     ner = {"hf_bs1": other, "hf_bs16_sorted": other, **{f"{w}_{d}": job for w in ("ours", "bare") for d in run.DTYPES},
            "demo_agreement": {"docs": 300, "bfloat16": 0.997, "int8": 1.0},
@@ -46,6 +47,7 @@ def test_report_has_every_target(tmp_path):
                "flops_per_token": 1.7e8}
     text = run.table(results)
     assert text.count("| target") == 1 and "≥ 3×" in text and "1.10 (100 → 110 MB)" in text
+    assert "NER bfloat16 80% of 10 s" in text   # the model actors' busy share of a job's wall time
     run.write_results(results, text, tmp_path / "RESULTS.md")
     run.plot(results, tmp_path / "plot.png")
     assert "Benchmark results" in (tmp_path / "RESULTS.md").read_text() and (tmp_path / "plot.png").stat().st_size
