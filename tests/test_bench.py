@@ -40,13 +40,15 @@ def test_report_has_every_target(tmp_path):
     ner = {"hf_bs1": other, "hf_bs16_sorted": other, **{f"{w}_{d}": job for w in ("ours", "bare") for d in run.DTYPES},
            "demo_agreement": {"docs": 300, "bfloat16": 0.997, "int8": 1.0},
            "random_model_agreement": {"bfloat16": 0.95, "int8": 0.9}}
-    embed = {"st_bs32": other, **{f"{w}_{d}": job for w in ("ours", "bare") for d in run.DTYPES},
+    embed = {"st_bs32": other, "ours_bfloat16_big": {**job, "docs": 1000, "seconds": 50.0},
+             **{f"{w}_{d}": job for w in ("ours", "bare") for d in run.DTYPES},
              "agreement": {"bfloat16": 0.9999, "int8": 0.9}}
     results = {"suite": "smoke", "matmul": {"float32": 1.5e11, "bfloat16": 3.5e11}, "ner": ner, "embed": embed,
                "sweep": {1024: job, 4096: job}, "rss_factor": 10, "rss": {"1x": 100.0, "10x": 110.0},
                "flops_per_token": 1.7e8}
     text = run.table(results)
     assert text.count("| target") == 1 and "≥ 3×" in text and "1.10 (100 → 110 MB)" in text
+    assert "| embed, 10× corpus | ours_bfloat16 | 20.0 |" in text and "| 4.00× / 2.00× |" in text
     assert "NER bfloat16 80% of 10 s" in text   # the model actors' busy share of a job's wall time
     run.write_results(results, text, tmp_path / "RESULTS.md")
     run.plot(results, tmp_path / "plot.png")
