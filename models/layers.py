@@ -89,6 +89,30 @@ class Linear(nn.Linear):
         return torch.addmm(self.bias, rows, self.weight.t(), out=out)
 
 
+class Int8Linear(nn.Module):
+    """A linear layer with int8 weights and per-batch int8 activations (CPU dynamic quantisation).
+
+    The weight scale, kernels and outputs of `torch.ao.quantization.quantize_dynamic`, with the
+    weights packed once: torch's module first packs placeholder weights twice (1.8 s of every
+    BERT-base model actor's start). torch marks its quantised tensor types deprecated
+    (pytorch#184982), but they are its only int8 CPU kernels in 2.13, which the project pins.
+    """
+
+    def __init__(self, linear: nn.Linear):
+        from torch.ao.nn.quantized.modules.utils import _quantize_weight
+        from torch.ao.quantization.qconfig import default_dynamic_qconfig
+
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        observer = default_dynamic_qconfig.weight()
+        observer(linear.weight)
+        weight = _quantize_weight(linear.weight.float(), observer)
+        self.packed = torch.ops.quantized.linear_prepack(weight, linear.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.quantized.linear_dynamic(x, self.packed, reduce_range=True).to(x.dtype)
+
+
 class GroupedLinear(nn.Module):
     """ConvBERT's grouped dense layer: weight (groups, in/groups, out/groups), applied as x @ W (no transpose)."""
 

@@ -20,7 +20,7 @@ from models.checkpoint import CheckpointError, fingerprint, read_config, weight_
 from models.config import ConfigError, EncoderConfig
 from models.encoder import Encoder
 from models.heads import NoHead, Pooling, SpanPredictor, TokenClassifier
-from models.layers import Linear
+from models.layers import Int8Linear
 from models.registry import Family
 from models.sentence_transformers import pooling_from_folder
 
@@ -93,20 +93,16 @@ def load_model(folder: str | Path, task: str, dtype: torch.dtype = torch.float32
 
 
 def quantize_int8(model: TaskModel) -> TaskModel:
-    """CPU fast mode: the encoder's linear layers with int8 weights and per-batch int8 activations.
-
-    torch's dynamic quantisation (fbgemm/oneDNN kernels); the head and the embeddings stay fp32.
-    torch marks its quantised tensor types deprecated (pytorch#184982) but they are the only int8
-    CPU kernels in torch 2.13, which the project pins; the warning is filtered here.
-    """
+    """CPU fast mode: the encoder's linear layers with int8 weights and per-batch int8 activations
+    (`layers.Int8Linear`); the head, the embeddings and ConvBERT's grouped layers stay fp32."""
     import warnings
 
-    for module in model.encoder.modules():   # torch quantises plain nn.Linear only; int8 needs no row chunks
-        if type(module) is Linear:
-            module.__class__ = nn.Linear
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
-        model.encoder = torch.ao.quantization.quantize_dynamic(model.encoder, {nn.Linear}, dtype=torch.qint8)
+        for parent in list(model.encoder.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, Int8Linear(child))
     return model
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.layers import ROW_CHUNK, ROW_STEP, Linear
+from models.layers import ROW_CHUNK, ROW_STEP, Int8Linear, Linear
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -47,7 +47,23 @@ def test_float32_and_int8_take_the_plain_path():
     class Holder(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.encoder = torch.nn.Sequential(Linear(16, 8))
+            self.encoder = torch.nn.Sequential(Linear(16, 8), torch.nn.Linear(8, 4))
 
-    quantized = quantize_int8(Holder()).encoder[0]
-    assert type(quantized).__module__.startswith("torch.ao.nn.quantized.dynamic")
+    quantized = quantize_int8(Holder()).encoder
+    assert [type(m) for m in quantized] == [Int8Linear, Int8Linear]
+
+
+def test_int8_linear_equals_torch_dynamic_quantisation():
+    """The same scale, kernels and outputs as torch's `quantize_dynamic`, bit for bit."""
+    import warnings
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 48)
+    x = torch.randn(2, 7, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear},
+                                                           dtype=torch.qint8)
+        ours = Int8Linear(layer)
+    assert torch.equal(ours(x), reference(x))
+    assert not torch.equal(ours(x), layer(x))
