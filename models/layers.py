@@ -103,7 +103,6 @@ class Int8Linear(nn.Module):
         from torch.ao.quantization.qconfig import default_dynamic_qconfig
 
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
         observer = default_dynamic_qconfig.weight()
         observer(linear.weight)
         weight = _quantize_weight(linear.weight.float(), observer)
