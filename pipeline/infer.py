@@ -114,7 +114,7 @@ class Infer(Stage):
         self.pad_id = self.model.config.pad_token_id or 0
         # Output width from one tiny forward pass, so a batch without windows has the same column type.
         probe = np.zeros(1, dtype=np.int32)
-        self.width = int(self._forward([probe], [probe], np.array([1]), np.array([0]))[0].shape[-1])
+        self.width = int(self._launch([probe], [probe], np.array([1]), np.array([0])).shape[-1])
 
     def _set_threads(self) -> None:
         """Intra-op threads for the calling thread: OpenMP keeps the thread count per thread, and a
@@ -148,22 +148,36 @@ class Infer(Stage):
         return add_seconds(table, self.name, timer.seconds)
 
     def _run(self, ids: list[np.ndarray], type_ids: list[np.ndarray], lengths: np.ndarray):
-        """Per window (in input order): the output rows as a list<fixed_size_list<float32>> array, padded length."""
+        """Per window (in input order): the output rows as a list<fixed_size_list<float32>> array, padded length.
+
+        Each micro-batch is launched before the previous one's output is copied back: on a GPU the copy
+        waits for that forward while the next one is already queued, so the GPU does not idle while
+        this thread pads inputs and slices outputs (on CPU the order of work is the same as one by one).
+        """
         results: list[np.ndarray | None] = [None] * len(ids)
         padded = np.zeros(len(ids), dtype=np.int64)
         order, groups = micro_batches(lengths, self.config.batch_tokens, PADDING[self.device])
-        for group in groups:
-            members = order[group]
-            out = self._forward(ids, type_ids, lengths, members)
+
+        def collect(members: np.ndarray, out) -> None:
+            out = out.float().cpu().numpy()
             for row, window in enumerate(members):
                 # (T, W) per token, or (W,) per sequence → one vector per entry
                 results[window] = out[row, : lengths[window]] if out.ndim == 3 else out[row][None, :]
             padded[members] = int(lengths[members[0]])
+
+        previous = None
+        for group in groups:
+            members = order[group]
+            launched = (members, self._launch(ids, type_ids, lengths, members))
+            if previous is not None:
+                collect(*previous)
+            previous = launched
+        if previous is not None:
+            collect(*previous)
         return _vectors(results, self.width), padded
 
-    def _forward(self, ids: list[np.ndarray], type_ids: list[np.ndarray], lengths: np.ndarray,
-                 members: np.ndarray) -> np.ndarray:
-        """One right-padded micro-batch of the given windows (longest first) → float32 numpy output."""
+    def _launch(self, ids: list[np.ndarray], type_ids: list[np.ndarray], lengths: np.ndarray, members: np.ndarray):
+        """One right-padded micro-batch of the given windows (longest first) → its output tensor, on the device."""
         import torch
 
         width = int(lengths[members[0]])
@@ -174,12 +188,19 @@ class Infer(Stage):
             n = int(lengths[window])
             input_ids[row, :n], token_types[row, :n], mask[row, :n] = ids[window], type_ids[window], 1
         with torch.inference_mode():
-            out = self.model(
-                torch.from_numpy(input_ids).to(self.device),
-                torch.from_numpy(mask).to(self.device),
-                torch.from_numpy(token_types).to(self.device) if self.model.uses_token_type_ids else None,
+            return self.model(
+                self._to_device(input_ids), self._to_device(mask),
+                self._to_device(token_types) if self.model.uses_token_type_ids else None,
             )
-        return out.float().cpu().numpy()
+
+    def _to_device(self, array: np.ndarray):
+        """A host array on the model's device; to a GPU from pinned memory, without waiting for the copy."""
+        import torch
+
+        tensor = torch.from_numpy(array)
+        if self.device == "cpu":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
 
 def release_free_memory() -> None:
