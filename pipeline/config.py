@@ -37,12 +37,16 @@ class JobConfig(BaseModel):
     dtype: Literal[DTYPES] = Field("auto", description="auto: bfloat16 (else float16) on CUDA, float32 on CPU; "
                                    "bfloat16 or int8 (dynamic quantisation of the encoder's linear layers): "
                                    "the CPU fast modes")
-    tokenizer_actors: int = Field(1, ge=1, description="tokenizer actors (CPU)")
+    tokenizer_actors: int | None = Field(
+        None, ge=1, description="tokenizer actors (CPU); default: 1 on a CPU cluster, with GPUs enough to feed "
+                                "them (one per 2 CPUs, at most 6 per GPU)")
     model_actors: int | None = Field(
         None, ge=1, description="model actors (one GPU each on CUDA); default: one per GPU, on CPU one "
                                 "single-threaded actor per core (fewer when the node's memory or the corpus "
                                 "is small, each then with more threads)")
-    docs_per_batch: int = Field(256, ge=1, description="documents per batch handed to a tokenizer/model actor")
+    docs_per_batch: int | None = Field(
+        None, ge=1, description="documents per batch handed to a tokenizer/model actor; default: 256 on CPU, "
+                                "2048 on GPU (a GPU runs 256 documents in milliseconds)")
     rows_per_file: int = Field(100_000, ge=1, description="target result rows per output Parquet file")
     partition_by: str | None = Field(None, description="write hive folders COLUMN=value/ (a kept input column)")
     overwrite: bool = Field(False, description="replace an existing output folder")

@@ -87,8 +87,8 @@ class Plan:
     infer: StageSpec
     decode: StageSpec
     sink: StageSpec
-    docs_per_batch: int
-    tokenizer_actors: int
+    docs_per_batch: int | None      # None: ray_plan.place decides (CPU or GPU)
+    tokenizer_actors: int | None    # None: ray_plan.place decides from the cluster
     model_actors: int | None        # None: ray_plan.place decides from the cluster, the model and the corpus
     rows_per_file: int
     footers: Footers                # rows per input file; shards whose footer cannot be read

@@ -65,10 +65,22 @@ def init_ray() -> None:
 @dataclasses.dataclass(frozen=True)
 class Placement:
     use_gpu: bool
+    tokenizer_actors: int
     tokenizer_cpus: float       # per tokenizer actor
     model_actors: int
     model_cpus: float           # per model actor
     model_threads: int
+    docs_per_batch: int
+
+
+# Documents per batch when --docs-per-batch is not given. On CPU a batch of 256 takes seconds; a GPU
+# runs it in milliseconds, less than what each batch costs around the model (Ray's hand-over, the
+# in-flight marker in the output's ledger), so GPU batches are larger.
+DOCS_PER_BATCH = {False: 256, True: 2048}
+# Tokenizer actors feeding one GPU when --tokenizer-actors is not given: one actor tokenizes ≈ 0.3 M
+# tokens/s (BERT WordPiece with offsets, one core; bench corpus), a BERT-base forward in bf16 on an
+# H100 is expected to take 2 M or more.
+TOKENIZERS_PER_GPU = 6
 
 
 # What a CPU model actor holds besides its weights (torch, Ray's worker, the forward's activations):
@@ -78,10 +90,13 @@ ACTOR_BASE_BYTES = 400 * 2**20
 NODE_MEMORY_SHARE = 0.5
 
 
-def place(device: str, tokenizer_actors: int, model_actors: int | None, cluster_cpus: float,
+def place(device: str, tokenizer_actors: int | None, model_actors: int | None, cluster_cpus: float,
           cluster_gpus: float, node_cpus: float | None = None, node_memory: float | None = None,
-          model_bytes: int = 0, batches: int | None = None) -> Placement:
+          model_bytes: int = 0, rows: int | None = None, docs_per_batch: int | None = None) -> Placement:
     """Resources per actor; model actors get a GPU each when `device` allows and the cluster has them.
+
+    `tokenizer_actors` None: one on CPU (the model actors take the cores); with GPUs one per 2 CPUs,
+    at most `TOKENIZERS_PER_GPU` per GPU. `docs_per_batch` None: `DOCS_PER_BATCH` of the device.
 
     `model_actors` None: one per GPU; on CPU one single-threaded actor per core of each node, fewer
     where the node's memory would not hold that many copies of the model (`model_bytes` of weights)
@@ -91,16 +106,20 @@ def place(device: str, tokenizer_actors: int, model_actors: int | None, cluster_
     while one-thread actors lose only the time taken (2 × 1 thread ran the bf16 embed job 1.15× as
     fast as 1 × 2 threads on 2 cores; bench/NOTES.md).
     `node_cpus`, `node_memory`: of one (the largest) node; default: one node holding all of `cluster_cpus`.
+    `rows`: documents in the corpus (fewer CPU model actors than cores when it makes fewer batches).
     """
     use_gpu = device != "cpu" and cluster_gpus >= 1
     if device == "cuda" and not use_gpu:
         raise UsageError("--device cuda: the Ray cluster has no GPU; use --device auto or cpu")
+    docs_per_batch = docs_per_batch or DOCS_PER_BATCH[use_gpu]
+    if tokenizer_actors is None:
+        tokenizer_actors = max(1, min(TOKENIZERS_PER_GPU * int(cluster_gpus), int(cluster_cpus // 2))) if use_gpu else 1
     tokenizer_cpus = min(1.0, 0.25 * cluster_cpus / tokenizer_actors)
     if use_gpu:
         actors = model_actors or int(cluster_gpus)
         if actors > cluster_gpus:
             raise UsageError(f"--model-actors {actors}: the cluster has {int(cluster_gpus)} GPUs")
-        return Placement(True, tokenizer_cpus, actors, 1.0, 1)
+        return Placement(True, tokenizer_actors, tokenizer_cpus, actors, 1.0, 1, docs_per_batch)
     node_cpus = node_cpus or cluster_cpus
     nodes = max(1, round(cluster_cpus / node_cpus))
     if model_actors is None:
@@ -108,6 +127,7 @@ def place(device: str, tokenizer_actors: int, model_actors: int | None, cluster_
         if node_memory and model_bytes:
             fits = int(NODE_MEMORY_SHARE * node_memory // (2 * model_bytes + ACTOR_BASE_BYTES))
             per_node = max(1, min(per_node, fits))
+        batches = math.ceil(rows / docs_per_batch) if rows else None
         model_actors = min(per_node * nodes, batches) if batches else per_node * nodes
     reserve = max(0.5, 0.25 * cluster_cpus)
     left = cluster_cpus - reserve - tokenizer_cpus * tokenizer_actors
@@ -116,7 +136,8 @@ def place(device: str, tokenizer_actors: int, model_actors: int | None, cluster_
         raise UsageError(f"--model-actors {model_actors} and --tokenizer-actors {tokenizer_actors} "
                          f"do not fit in {cluster_cpus:g} CPUs; use fewer actors")
     per_node = math.ceil(model_actors / nodes)
-    return Placement(False, tokenizer_cpus, model_actors, model_cpus, max(1, math.floor(node_cpus / per_node)))
+    return Placement(False, tokenizer_actors, tokenizer_cpus, model_actors, model_cpus,
+                     max(1, math.floor(node_cpus / per_node)), docs_per_batch)
 
 
 def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], dict]:
@@ -130,7 +151,7 @@ def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], di
     rows = sum(plan.footers.rows[i] or 0 for i in file_indices)
     placement = place(plan.infer.config.device, plan.tokenizer_actors, plan.model_actors,
                       resources.get("CPU", 1.0), resources.get("GPU", 0.0), largest.get("CPU"),
-                      largest.get("memory"), plan.model_bytes, math.ceil(rows / plan.docs_per_batch))
+                      largest.get("memory"), plan.model_bytes, rows, plan.docs_per_batch)
     if placement.use_gpu and plan.infer.config.dtype == "int8":
         raise UsageError("--dtype int8 (dynamic quantisation) runs on CPU only; use --device cpu or --dtype bfloat16")
     infer = dataclasses.replace(
@@ -162,16 +183,17 @@ def _operators(ds: ray.data.Dataset, plan, infer: StageSpec, placement: Placemen
     # CPU on a 2-core node at the busiest moment), where an idle prestarted worker can take the actor.
     tokenizer_env = {"RAYON_NUM_THREADS": str(max(1, int(placement.tokenizer_cpus)))}
     ds = ds.map_batches(_stage_actor(plan.tokenize, plan.storage, output, tokenizer_env),
-                        batch_size=plan.docs_per_batch, batch_format="pyarrow", num_cpus=placement.tokenizer_cpus,
-                        compute=ActorPoolStrategy(size=plan.tokenizer_actors), **ACTOR_RETRIES)
-    ds = ds.map_batches(_stage_actor(infer, plan.storage, output), batch_size=plan.docs_per_batch,
+                        batch_size=placement.docs_per_batch, batch_format="pyarrow",
+                        num_cpus=placement.tokenizer_cpus, compute=ActorPoolStrategy(size=placement.tokenizer_actors),
+                        **ACTOR_RETRIES)
+    ds = ds.map_batches(_stage_actor(infer, plan.storage, output), batch_size=placement.docs_per_batch,
                         batch_format="pyarrow", num_cpus=placement.model_cpus,
                         num_gpus=1 if placement.use_gpu else 0,
                         compute=ActorPoolStrategy(size=placement.model_actors, max_tasks_in_flight_per_actor=
                                                   MODEL_BATCHES_IN_FLIGHT[placement.use_gpu]),
                         **ACTOR_RETRIES)
     ds = ds.map_batches(_apply_stage, fn_kwargs={"spec": plan.decode, "storage": plan.storage},
-                        batch_size=plan.docs_per_batch,
+                        batch_size=placement.docs_per_batch,
                         batch_format="pyarrow", num_cpus=TASK_CPUS, max_retries=TASK_RETRIES)
     return ds
 

@@ -31,7 +31,8 @@ def test_model_actors_are_handed_one_batch_ahead_at_most(ray_session, ner_checkp
     corpus = write_corpus(tmp_path / "in")
     config = NerConfig(input=str(corpus), output=str(tmp_path / "out"), model=str(ner_checkpoint))
     plan = build_plan(config, NER_TASK)[0]
-    placement = Placement(use_gpu, tokenizer_cpus=0.5, model_actors=2, model_cpus=0.5, model_threads=1)
+    placement = Placement(use_gpu, tokenizer_actors=1, tokenizer_cpus=0.5, model_actors=2, model_cpus=0.5,
+                          model_threads=1, docs_per_batch=256)
     ds = _operators(ray.data.from_items([{"file": 0}]), plan, plan.infer, placement)
     infer = operator_named(ds, "MapBatches(Infer)")
     assert infer.compute.max_tasks_in_flight_per_actor == queued

@@ -39,9 +39,11 @@ def test_default_cpu_placement_shrinks_to_memory_and_corpus():
     assert (tight.model_actors, tight.model_threads) == (3, 5)
     huge = place("cpu", 1, None, cluster_cpus=16, cluster_gpus=0, node_memory=4 * gib, model_bytes=8 * gib)
     assert (huge.model_actors, huge.model_threads) == (1, 16)
-    small_corpus = place("cpu", 1, None, cluster_cpus=16, cluster_gpus=0, batches=2)
+    small_corpus = place("cpu", 1, None, cluster_cpus=16, cluster_gpus=0, rows=500)   # 2 batches of 256
     assert (small_corpus.model_actors, small_corpus.model_threads) == (2, 8)
-    assert place("cpu", 1, 3, cluster_cpus=16, cluster_gpus=0, batches=1).model_actors == 3   # asked for
+    finer = place("cpu", 1, None, cluster_cpus=16, cluster_gpus=0, rows=500, docs_per_batch=100)
+    assert finer.model_actors == 5
+    assert place("cpu", 1, 3, cluster_cpus=16, cluster_gpus=0, rows=10).model_actors == 3   # asked for
 
 
 def test_gpu_cluster_gives_each_model_actor_a_gpu():
@@ -50,6 +52,20 @@ def test_gpu_cluster_gives_each_model_actor_a_gpu():
     assert not place("cpu", 1, 1, cluster_cpus=16, cluster_gpus=1).use_gpu
     every_gpu = place("auto", 1, None, cluster_cpus=32, cluster_gpus=4)
     assert every_gpu.use_gpu and every_gpu.model_actors == 4
+
+
+def test_default_tokenizer_actors_and_batches_follow_the_device():
+    cpu = place("auto", None, None, cluster_cpus=16, cluster_gpus=0)
+    assert (cpu.tokenizer_actors, cpu.docs_per_batch) == (1, 256)
+    # one tokenizer actor (≈ 0.3 M tokens/s) cannot feed a GPU: one per 2 CPUs, at most 6 per GPU
+    gpu = place("auto", None, None, cluster_cpus=16, cluster_gpus=1)
+    assert (gpu.tokenizer_actors, gpu.docs_per_batch) == (6, 2048)
+    assert gpu.tokenizer_actors * gpu.tokenizer_cpus <= 0.25 * 16 + 1e-9     # the tasks keep most CPUs
+    assert place("auto", None, None, cluster_cpus=4, cluster_gpus=1).tokenizer_actors == 2
+    assert place("auto", None, None, cluster_cpus=64, cluster_gpus=8).tokenizer_actors == 32
+    asked = place("auto", 3, None, cluster_cpus=16, cluster_gpus=1, docs_per_batch=100)
+    assert (asked.tokenizer_actors, asked.docs_per_batch) == (3, 100)
+    assert place("cpu", None, None, cluster_cpus=16, cluster_gpus=1).tokenizer_actors == 1   # --device cpu
 
 
 @pytest.mark.parametrize(("device", "model_actors", "cpus", "gpus", "message"), [
