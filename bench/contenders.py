@@ -6,6 +6,7 @@ prints one JSON line with what it did; the parent measures wall time and the pro
   hf-ner      transformers.pipeline("token-classification", aggregation_strategy="simple")
   st-embed    sentence_transformers.SentenceTransformer.encode
   bare        bertbatch's own stages in one process: read → tokenize → model → decode, no Ray, no writes
+  model-stage the model stage alone on tokenized batches: what the device does (GPU tokens/s, MFU)
   agree       bfloat16 and int8 against float32 on one model (NER: identical entities; embed: cosine)
   profile     torch profiler over our stages in-process: time share per stage, top operators
   matmul      the machine's torch matmul FLOP/s (all cores) in float32 and bfloat16
@@ -29,8 +30,11 @@ def hf_ner(args) -> dict:
     from transformers import pipeline
 
     texts = read_texts(args.corpus)
-    pipe = pipeline("token-classification", model=args.model, aggregation_strategy="simple", device=-1,
-                    stride=args.stride)
+    import torch
+
+    dtype = getattr(torch, args.dtype)
+    pipe = pipeline("token-classification", model=args.model, aggregation_strategy="simple",
+                    device=0 if args.device == "cuda" else -1, dtype=dtype, stride=args.stride)
     if args.sort:  # the best a user can do with the pipeline: length-sorted batches
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         texts = [texts[i] for i in order]
@@ -51,21 +55,23 @@ def st_embed(args) -> dict:
     return {"docs": len(texts), "dim": int(embeddings.shape[1])}
 
 
-def built_stages(task_name: str, corpus: str, model: str, dtype: str, batch_tokens: int = 16384, stride: int = 0):
+def built_stages(task_name: str, corpus: str, model: str, dtype: str, batch_tokens: int = 16384, stride: int = 0,
+                 device: str = "cpu"):
     """The job's plan for these options, and its validate/tokenize/infer/decode stages built in this process."""
     from pipeline.cli import parse_config
     from pipeline.job import build_plan
 
     task, config_cls = _task(task_name)
     argv = ["--input", corpus, "--output", "/nonexistent", "--model", model, "--dtype", dtype,
-            "--batch-tokens", str(batch_tokens), "--stride", str(stride)]
+            "--batch-tokens", str(batch_tokens), "--stride", str(stride), "--device", device]
     plan, _, _ = build_plan(parse_config(config_cls, argv, "bare", "bare loop"), task)
     return plan, {s.name: s.build() for s in (plan.validate, plan.tokenize, plan.infer, plan.decode)}
 
 
-def stages(task_name: str, corpus: str, model: str, dtype: str, batch_tokens: int = 16384, stride: int = 0):
+def stages(task_name: str, corpus: str, model: str, dtype: str, batch_tokens: int = 16384, stride: int = 0,
+           device: str = "cpu"):
     """Yield decoded tables: our stages on whole files in this process (no Ray, no writes)."""
-    plan, built = built_stages(task_name, corpus, model, dtype, batch_tokens, stride)
+    plan, built = built_stages(task_name, corpus, model, dtype, batch_tokens, stride, device)
     for file_index in range(len(plan.files.paths)):
         for table in plan.read(file_index):
             for stage in built.values():
@@ -81,11 +87,32 @@ def entity_keys(entities: list[dict] | None) -> list[tuple]:
 def bare(args) -> dict:
     """Our stages in this process: the cost of everything around the model, removed."""
     docs = tokens = padded = 0
-    for table in stages(args.task, args.corpus, args.model, args.dtype, args.batch_tokens, args.stride):
+    for table in stages(args.task, args.corpus, args.model, args.dtype, args.batch_tokens, args.stride, args.device):
         docs += table.num_rows
         tokens += sum(table.column("_stat_tokens").to_pylist()) if "_stat_tokens" in table.column_names else 0
         padded += sum(table.column("_stat_padded_tokens").to_pylist())
     return {"docs": docs, "real_tokens": tokens, "padded_tokens": padded}
+
+
+def model_stage(args) -> dict:
+    """The model stage alone (Infer on tokenized batches of --docs-per-batch documents): tokens/s of the
+    device, without the CPU stages around it, which a job runs in parallel on other cores."""
+    import time
+
+    import pyarrow as pa
+
+    plan, built = built_stages(args.task, args.corpus, args.model, args.dtype, args.batch_tokens, args.stride,
+                               args.device)
+    tables = [built["tokenize"](built["validate"](table)) for i in range(len(plan.files.paths))
+              for table in plan.read(i)]
+    tokenized = pa.concat_tables(tables)
+    batches = [tokenized.slice(start, args.docs_per_batch) for start in range(0, tokenized.num_rows, args.docs_per_batch)]
+    built["infer"](batches[0].slice(0, 8))   # warm-up: kernels chosen, memory pools filled
+    started = time.perf_counter()
+    padded = sum(sum(built["infer"](batch).column("_stat_padded_tokens").to_pylist()) for batch in batches)
+    seconds = time.perf_counter() - started
+    return {"docs": tokenized.num_rows, "real_tokens": sum(tokenized.column("_stat_tokens").to_pylist()),
+            "padded_tokens": padded, "model_seconds": seconds}
 
 
 def profile(args) -> dict:
@@ -122,7 +149,7 @@ def agree(args) -> dict:
 
     def outputs(dtype: str) -> dict:
         found = {}
-        for table in stages(args.task, args.corpus, args.model, dtype, args.batch_tokens, args.stride):
+        for table in stages(args.task, args.corpus, args.model, dtype, args.batch_tokens, args.stride, args.device):
             for row in table.to_pylist():
                 if args.task == "ner":
                     found[row["id"]] = entity_keys(row["entities"])
@@ -131,7 +158,7 @@ def agree(args) -> dict:
         return found
 
     reference, result = outputs("float32"), {}
-    for dtype in ("bfloat16", "int8"):
+    for dtype in args.dtypes.split(","):
         got = outputs(dtype)
         if args.task == "ner":
             result[dtype] = sum(got[i] == want for i, want in reference.items()) / len(reference)
@@ -154,25 +181,33 @@ def _task(name: str):
 
 
 def matmul(args) -> dict:
+    """Square matmul FLOP/s per dtype on the device (CPU: all cores; CUDA: float32 runs as TF32)."""
     import torch
 
-    out = {"threads": torch.get_num_threads()}
-    n = 2048
+    cuda = args.device == "cuda"
+    out = {"threads": torch.get_num_threads(), "device": torch.cuda.get_device_name() if cuda else "cpu"}
+    torch.backends.cuda.matmul.allow_tf32 = True
+    n = 8192 if cuda else 2048
     for dtype in (torch.float32, torch.bfloat16):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a, b = (torch.randn(n, n, dtype=dtype, device=args.device) for _ in range(2))
         for _ in range(3):
             a @ b
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        sync()
         reps, start = 0, time.perf_counter()
         while time.perf_counter() - start < args.seconds:
             a @ b
             reps += 1
+            if reps % 10 == 0:
+                sync()
+        sync()
         out[str(dtype).removeprefix("torch.")] = 2 * n**3 * reps / (time.perf_counter() - start)
     return out
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="bench.contenders")
-    parser.add_argument("name", choices=["hf-ner", "st-embed", "bare", "agree", "profile", "matmul"])
+    parser.add_argument("name", choices=["hf-ner", "st-embed", "bare", "model-stage", "agree", "profile", "matmul"])
     parser.add_argument("--corpus")
     parser.add_argument("--model")
     parser.add_argument("--task", default="ner")
@@ -181,11 +216,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--stride", type=int, default=0)
     parser.add_argument("--sort", action="store_true")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtypes", default="bfloat16,int8", help="agree: the fast modes compared with float32")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--files", type=int, default=1, help="profile: input files to run")
+    parser.add_argument("--docs-per-batch", type=int, default=2048, help="model-stage: documents per batch")
     args = parser.parse_args(argv)
-    run = {"hf-ner": hf_ner, "st-embed": st_embed, "bare": bare, "agree": agree, "profile": profile,
-           "matmul": matmul}[args.name]
+    run = {"hf-ner": hf_ner, "st-embed": st_embed, "bare": bare, "model-stage": model_stage, "agree": agree,
+           "profile": profile, "matmul": matmul}[args.name]
     print("BENCH " + json.dumps(run(args)), flush=True)
 
 

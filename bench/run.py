@@ -3,6 +3,7 @@
     bash scripts/setup.sh test,bench
     .venv/bin/python bench/run.py --suite cpu      # BERT-base NER + all-MiniLM-L6-v2 embeddings (~30 min on 2 cores)
     .venv/bin/python bench/run.py --suite smoke    # tiny model and corpus: keeps the harness working (tests)
+    .venv/bin/python bench/run.py --suite gpu      # BERT-base NER on a CUDA GPU: tokens/s, MFU (bench/gpu.py)
 
 Each finished step is saved in WORKDIR/steps.json; `--resume` continues a run that was cut off.
 
@@ -32,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.contenders import entity_keys  # noqa: E402
+from bench.gpu import gpu_table, kept_section, run_gpu_suite, write_section  # noqa: E402
 from bench.workload import bert_base_ner, make_corpus, minilm_folder  # noqa: E402
 
 SUITES = {
@@ -90,9 +92,10 @@ def contender(name: str, **options) -> dict:
 
 
 def job_command(task: str, corpus: Path, model: Path, output: Path, **flags) -> list[str]:
+    """Our job's command line; on CPU unless `device` says otherwise (the cpu suite stays on CPU on any machine)."""
     cmd = [sys.executable, f"jobs/{task}_corpus.py", "--input", str(corpus), "--model", str(model),
            "--output", str(output), "--overwrite"]
-    for key, value in flags.items():
+    for key, value in {"device": "cpu", **flags}.items():
         cmd += ["--" + key.replace("_", "-"), str(value)]
     return cmd
 
@@ -343,23 +346,32 @@ def write_results(r: dict, text: str, path: Path) -> None:
 
     versions = {p: __import__(p).__version__ for p in ("torch", "ray", "transformers", "sentence_transformers")}
     notes = NOTES.read_text(encoding="utf-8") + "\n" if r["suite"] == "cpu" and NOTES.is_file() else ""
+    gpu = kept_section(path)   # written by the gpu suite, on another machine
     path.write_text(
         f"# Benchmark results\n\nDate: {datetime.date.today()}  \nMachine: {platform.machine()}, "
         f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB, torch threads "
         f"{torch.get_num_threads()}  \nVersions: {versions}  \nSuite: {r['suite']} "
         f"(command: `.venv/bin/python bench/run.py --suite {r['suite']}`)\n\n{text}\n\n{notes}"
-        f"Raw numbers:\n\n```json\n{json.dumps(r, indent=1, default=str)}\n```\n", encoding="utf-8")
+        f"Raw numbers:\n\n```json\n{json.dumps(r, indent=1, default=str)}\n```\n" + (f"\n{gpu}" if gpu else ""),
+        encoding="utf-8")
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=sorted(SUITES), default="cpu")
+    parser.add_argument("--suite", choices=sorted([*SUITES, "gpu"]), default="cpu")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where corpora, models, outputs and steps.json go (default: bench/.work/SUITE)")
     parser.add_argument("--resume", action="store_true", help="keep the finished steps of an earlier run in --workdir")
     args = parser.parse_args(argv)
     work = args.workdir or REPO / "bench" / ".work" / args.suite
     work.mkdir(parents=True, exist_ok=True)
+    if args.suite == "gpu":
+        r = run_gpu_suite(work, Steps(work / "steps.json", args.resume))
+        text = gpu_table(r)
+        print(text)
+        write_section(r, text, REPO / "bench" / "RESULTS.md")
+        print(f"wrote the GPU section of {REPO / 'bench' / 'RESULTS.md'}")
+        return
     r = run_suite(args.suite, work, args.resume)
     text = table(r)
     print(text)

@@ -10,7 +10,7 @@ import json
 
 import pyarrow.dataset as pads
 
-from bench import contenders, run
+from bench import contenders, gpu, run
 from bench.workload import make_corpus
 
 
@@ -53,3 +53,23 @@ def test_report_has_every_target(tmp_path):
     run.write_results(results, text, tmp_path / "RESULTS.md")
     run.plot(results, tmp_path / "plot.png")
     assert "Benchmark results" in (tmp_path / "RESULTS.md").read_text() and (tmp_path / "plot.png").stat().st_size
+
+
+def test_gpu_suite_runs_end_to_end_on_a_tiny_model_and_keeps_its_results_section(tmp_path):
+    """The GPU suite's steps, on CPU with a tiny model (CI has no GPU): every contender runs, the table
+    has the GPU target, and its section of RESULTS.md survives the cpu suite rewriting the file."""
+    spec = dict(ner_docs=40, hf_docs=12, ner_size=(2, 32, 2), stride=16, device="cpu", matmul_seconds=0.2)
+    results = gpu.run_gpu_suite(tmp_path, run.Steps(tmp_path / "steps.json", resume=False), spec)
+    assert results["model_stage"]["docs"] == 40 and results["model_stage"]["real_tokens"] > 0
+    assert results["job"]["docs"] == 40 and results["job_small"]["docs"] == 12
+    assert results["hf_bs1"]["docs"] == 12 and 0 <= results["demo_agreement"]["bfloat16"] <= 1
+    text = gpu.gpu_table(results)
+    assert "(≥ 2 M real tokens/s)" in text and "| model stage alone (bf16) | 40 |" in text
+    path = tmp_path / "RESULTS.md"
+    gpu.write_section(results, text, path)
+    gpu.write_section(results, text, path)          # a second run replaces the section
+    assert path.read_text().count(gpu.SECTION[0]) == 1
+    cpu_results = json.loads((tmp_path / "steps.json").read_text())   # any dict: write_results only dumps it
+    run.write_results({"suite": "smoke", **cpu_results}, "cpu table", path)
+    rewritten = path.read_text()
+    assert "cpu table" in rewritten and rewritten.count("## GPU suite") == 1
