@@ -249,6 +249,7 @@ def _run(config: JobConfig, task: Task, plan: Plan, model, max_length: int, iden
             failure = restart.isolate_crashes(plan, config.output, error, ray_plan.execute)
             print(f"bertbatch {task.name}: worker processes died beyond their retries; {failure['rows']} rows "
                   f"are worker_died errors in {config.output}/_errors", file=sys.stderr, flush=True)
+        ray_plan.stop_ray()     # an embedded Ray: its work is done, the rest needs no cluster
     wall = time.perf_counter() - started
     progress = ledger.recover(config.output)
     input_rows = sum(n for n in plan.footers.rows if n is not None)
