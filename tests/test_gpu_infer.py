@@ -28,3 +28,26 @@ def test_cuda_infer_matches_cpu(ner_checkpoint):
     np.testing.assert_allclose(cuda, cpu, atol=1e-4)
     half = flat_outputs(Infer(InferConfig(folder, "ner", batch_tokens=256, device="cuda"))(tokenized))
     np.testing.assert_allclose(half, cpu, atol=5e-2)
+
+
+def test_ner_job_on_the_gpu_equals_cpu(ray_session, ner_checkpoint, tmp_path):
+    """The whole job with the GPU defaults (model actor on the GPU, tokenizer actors per CPU, batches
+    of 2048, micro-batches pipelined) gives the CPU job's entities in fp32."""
+    import pyarrow.dataset as pads
+
+    from pipeline.config import NerConfig
+    from pipeline.job import run_job
+    from pipeline.ner_task import NER_TASK
+    from tests.conftest import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    common = dict(input=str(corpus), model=str(ner_checkpoint), stride=16, dtype="float32")
+    runs = {device: run_job(NerConfig(output=str(tmp_path / device), device=device, **common), NER_TASK)
+            for device in ("cpu", "cuda")}
+    assert runs["cuda"]["placement"]["use_gpu"] and runs["cuda"]["placement"]["docs_per_batch"] == 2048
+    entities = {}
+    for device in runs:
+        table = pads.dataset(tmp_path / device, format="parquet").to_table()
+        entities[device] = {row["id"]: [(e["label"], e["start"], e["end"]) for e in row["entities"]]
+                            for row in table.to_pylist()}
+    assert entities["cuda"] == entities["cpu"]
