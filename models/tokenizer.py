@@ -213,9 +213,9 @@ def _byte_level_bpe(folder: Path, settings: dict, specials: dict) -> RustTokeniz
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     backend.decoder = decoders.ByteLevel()
     cls, sep = (_content(specials[k]) for k in ("cls_token", "sep_token"))
-    backend.post_processor = processors.RobertaProcessing(
-        sep=(sep, _vocab_id(vocab, sep, folder / "vocab.json")),
-        cls=(cls, _vocab_id(vocab, cls, folder / "vocab.json")),
+    backend.post_processor = processors.RobertaProcessing(  # by position, as below
+        (sep, _vocab_id(vocab, sep, folder / "vocab.json")),
+        (cls, _vocab_id(vocab, cls, folder / "vocab.json")),
         add_prefix_space=add_prefix_space,
         trim_offsets=True,  # overridden from tokenizer_config.json in _apply_fast_class_edits
     )
@@ -242,8 +242,12 @@ def _apply_fast_class_edits(backend: RustTokenizer, settings: dict, family: str)
         if "add_prefix_space" in state or "trim_offsets" in state:
             state.update(add_prefix_space=bool(settings.get("add_prefix_space", False)),
                          trim_offsets=bool(settings.get("trim_offsets", True)))
-            state.update({k: tuple(state[k]) for k in ("sep", "cls") if k in state})
-            backend.post_processor = getattr(processors, state.pop("type"))(**state)
+            kind = state.pop("type")
+            if kind == "RobertaProcessing":  # sep and cls by position: tokenizers 0.23 renamed `cls` to `cls_token`
+                sep, cls = (tuple(state.pop(k)) for k in ("sep", "cls"))
+                backend.post_processor = processors.RobertaProcessing(sep, cls, **state)
+            else:
+                backend.post_processor = getattr(processors, kind)(**state)
     # PreTrainedTokenizerFast (every class) forces the pre-tokenizer's add_prefix_space to the config's.
     if backend.pre_tokenizer is not None:
         state = json.loads(backend.pre_tokenizer.__getstate__())

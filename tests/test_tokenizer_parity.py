@@ -216,6 +216,23 @@ def test_pickled_tokenizer_gives_same_windows(loaded):
         assert a.ids.tolist() == b.ids.tolist() and a.offsets.tolist() == b.offsets.tolist()
 
 
+@pytest.mark.parametrize("name", ["bpe", "bpe-vocab", "bpe-prefix-space"])
+def test_roberta_post_processor_is_built_by_position(loaded, folders, monkeypatch, name):
+    """tokenizers 0.23 renamed RobertaProcessing's `cls` to `cls_token` (transformers 4.57 caps tokenizers
+    below 0.23, so the parity tests run 0.22): the loader names neither, and gives the same windows."""
+    from models import tokenizer as module
+
+    real = module.processors.RobertaProcessing
+
+    class Positional:
+        def __new__(cls, sep, cls_token, /, trim_offsets=True, add_prefix_space=True):
+            return real(sep, cls_token, trim_offsets=trim_offsets, add_prefix_space=add_prefix_space)
+
+    monkeypatch.setattr(module.processors, "RobertaProcessing", Positional)
+    hf, _ = loaded(name)
+    assert_same_windows(hf, load_tokenizer(folders[name]), TEXTS + [LONG_TEXT], max_length=24, stride=6)
+
+
 def test_huge_model_max_length_means_unset(folders, tmp_path):
     folder = _variant(folders["uncased"], tmp_path / "t", vocab_files=False, model_max_length=int(1e30))
     assert load_tokenizer(folder).model_max_length is None
