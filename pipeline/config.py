@@ -36,7 +36,8 @@ class JobConfig(BaseModel):
     device: Literal[DEVICES] = Field("auto", description="auto: CUDA when available, else CPU")
     dtype: Literal[DTYPES] = Field("auto", description="auto: bfloat16 (else float16) on CUDA, float32 on CPU; "
                                    "bfloat16 or int8 (dynamic quantisation of the encoder's linear layers): "
-                                   "the CPU fast modes")
+                                   "the CPU fast modes (bfloat16/float16 on CPU need AVX-512 or AMX: refused on a "
+                                   "CPU without)")
     tokenizer_actors: int | None = Field(
         None, ge=1, description="tokenizer actors (CPU); default: 1 on a CPU cluster, with GPUs enough to feed "
                                 "them (one per 2 CPUs, at most 6 per GPU)")

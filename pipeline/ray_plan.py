@@ -24,6 +24,7 @@ import ray
 from ray.data import ActorPoolStrategy, Datasink
 
 from pipeline.cli import UsageError
+from pipeline.infer import slow_on_this_cpu
 from pipeline.kill_hooks import kill_for_rows, kill_point
 from pipeline.ledger import done_in_flight, mark_in_flight
 from pipeline.stage import FILE_INDEX, ROW, Stage, StageSpec
@@ -166,14 +167,17 @@ def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], di
     if file_indices is None:
         file_indices = list(range(len(plan.files.paths)))
     resources = ray.cluster_resources()
-    largest = max((n["Resources"] for n in ray.nodes() if n.get("Alive")), key=lambda r: r.get("CPU", 0.0),
-                  default={})
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    largest = max((n["Resources"] for n in alive), key=lambda r: r.get("CPU", 0.0), default={})
     rows = sum(plan.footers.rows[i] or 0 for i in file_indices)
     placement = place(plan.infer.config.device, plan.tokenizer_actors, plan.model_actors,
                       resources.get("CPU", 1.0), resources.get("GPU", 0.0), largest.get("CPU"),
                       largest.get("memory"), plan.model_bytes, rows, plan.docs_per_batch)
     if placement.use_gpu and plan.infer.config.dtype == "int8":
         raise UsageError("--dtype int8 (dynamic quantisation) runs on CPU only; use --device cpu or --dtype bfloat16")
+    here = [n["NodeID"] for n in alive] == [ray.get_runtime_context().get_node_id()]  # the model runs on this CPU
+    if not placement.use_gpu and here and (why := slow_on_this_cpu(plan.infer.config.dtype)):
+        raise UsageError(why)
     infer = dataclasses.replace(
         plan.infer, config=dataclasses.replace(
             plan.infer.config, device="cuda" if placement.use_gpu else "cpu",

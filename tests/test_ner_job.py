@@ -136,3 +136,18 @@ def test_missing_text_column_exits_with_one_line(corpus, ner_checkpoint, tmp_pat
     assert done.stderr.strip().count("\n") == 0
     assert "--text-column 'body': no such column" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_half_precision_on_a_cpu_without_it_is_refused_before_any_work(ray_session, corpus, ner_checkpoint,
+                                                                        tmp_path, monkeypatch):
+    """A CPU without bf16/fp16 units (AVX2 only) runs them 40-400× slower than fp32: the job says so and stops
+    before reading anything, when the model would run on the driver's own machine."""
+    from pipeline import infer
+    from pipeline.cli import UsageError
+
+    monkeypatch.setattr(infer, "_native_on_cpu", lambda dtype: False)
+    config = NerConfig(input=str(corpus), output=str(tmp_path / "out"), model=str(ner_checkpoint),
+                       device="cpu", dtype="bfloat16")
+    with pytest.raises(UsageError, match="no bfloat16 matrix instructions.*use --dtype float32, or int8"):
+        run_job(config, NER_TASK)
+    assert not list((tmp_path / "out").rglob("*.parquet"))

@@ -76,3 +76,20 @@ def test_default_tokenizer_actors_and_batches_follow_the_device():
 def test_impossible_placements_are_refused(device, model_actors, cpus, gpus, message):
     with pytest.raises(UsageError, match=message):
         place(device, 1, model_actors, cpus, gpus)
+
+
+def test_half_precision_on_cpu_is_slow_only_without_native_units(monkeypatch):
+    import torch
+
+    from pipeline import infer
+
+    assert infer.slow_on_this_cpu("float32") is None and infer.slow_on_this_cpu("int8") is None
+    for native, dtype in ((True, "bfloat16"), (False, "bfloat16"), (False, "float16")):
+        monkeypatch.setattr(infer, "_native_on_cpu", lambda d, native=native: native)
+        why = infer.slow_on_this_cpu(dtype)
+        assert (why is None) == native
+        if why:
+            assert f"({torch.backends.cpu.get_cpu_capability()}) has no {dtype}" in why
+    # the probe itself answers for this machine (on CI's AVX2-only CPUs: no bf16)
+    monkeypatch.undo()
+    assert isinstance(infer._native_on_cpu("bfloat16"), bool)
