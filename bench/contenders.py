@@ -184,11 +184,16 @@ def matmul(args) -> dict:
     """Square matmul FLOP/s per dtype on the device (CPU: all cores; CUDA: float32 runs as TF32)."""
     import torch
 
+    from pipeline.infer import slow_on_this_cpu
+
     cuda = args.device == "cuda"
     out = {"threads": torch.get_num_threads(), "device": torch.cuda.get_device_name() if cuda else "cpu"}
     torch.backends.cuda.matmul.allow_tf32 = True
     n = 8192 if cuda else 2048
     for dtype in (torch.float32, torch.bfloat16):
+        if not cuda and dtype == torch.bfloat16 and slow_on_this_cpu("bfloat16"):
+            out["bfloat16"] = None   # no bf16 units: torch's scalar fallback, minutes per matmul
+            continue
         a, b = (torch.randn(n, n, dtype=dtype, device=args.device) for _ in range(2))
         for _ in range(3):
             a @ b

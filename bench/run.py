@@ -46,6 +46,14 @@ SUITES = {
 
 DTYPES = ("float32", "bfloat16", "int8")
 FAST = ("bfloat16", "int8")                 # the CPU fast modes
+
+
+def cpu_dtypes() -> tuple[str, ...]:
+    """The dtypes this CPU runs at speed: bf16 only with bf16 units (AVX-512 BF16, AMX); the jobs refuse it
+    elsewhere (pipeline.infer.slow_on_this_cpu)."""
+    from pipeline.infer import slow_on_this_cpu
+
+    return tuple(d for d in DTYPES if not slow_on_this_cpu(d))
 NOTES = REPO / "bench" / "NOTES.md"        # the reading of the cpu suite's numbers, kept by hand
 SAMPLE_CORPUS, DEMO_MODEL = REPO / "examples" / "sample_corpus", REPO / "examples" / "demo-ner-model"
 
@@ -194,46 +202,50 @@ def run_suite(suite: str, work: Path, resume: bool = False) -> dict:
     embed_corpus = make_corpus(work / f"embed-corpus-{spec['embed_docs']}", spec["embed_docs"], seed=1)
     minilm = minilm_folder()
     stride = spec["stride"]   # long documents: every window, on both sides (no silent truncation at 512)
-    r: dict = {"suite": suite, "matmul": step("matmul", contender, "matmul")}
+    dtypes = cpu_dtypes()
+    fast = tuple(d for d in dtypes if d in FAST)
+    quick = "bfloat16" if "bfloat16" in dtypes else "float32"   # embeddings: int8 loses too much (cosine 0.75)
+    r: dict = {"suite": suite, "dtypes": dtypes, "big_dtype": quick, "matmul": step("matmul", contender, "matmul")}
 
     ner = r["ner"] = {}
     ner["hf_bs1"] = step("ner/hf_bs1", contender, "hf-ner", corpus=ner_corpus, model=ner_model, batch_size=1,
                          stride=stride)
     ner["hf_bs16_sorted"] = step("ner/hf_bs16_sorted", contender, "hf-ner", corpus=ner_corpus, model=ner_model,
                                  batch_size=16, sort=True, stride=stride)
-    for dtype in DTYPES:
+    for dtype in dtypes:
         ner[f"ours_{dtype}"] = step(f"ner/ours_{dtype}", our_job, "ner", ner_corpus, ner_model,
                                     work / f"out-ner-{dtype}", dtype=dtype, stride=stride)
         ner[f"bare_{dtype}"] = step(f"ner/bare_{dtype}", contender, "bare", corpus=ner_corpus, model=ner_model,
                                     dtype=dtype, stride=stride)
     # random weights: near-tied logits flip under any rounding, so this is a floor, not the agreement
     ner["random_model_agreement"] = {d: entity_agreement(work / "out-ner-float32", work / f"out-ner-{d}")
-                                     for d in FAST}
+                                     for d in fast}
     ner["demo_agreement"] = step("ner/demo_agreement", contender, "agree", task="ner", corpus=SAMPLE_CORPUS,
-                                 model=DEMO_MODEL)
+                                 model=DEMO_MODEL, dtypes=",".join(fast))
 
     emb = r["embed"] = {}
     emb["st_bs32"] = step("embed/st_bs32", contender, "st-embed", corpus=embed_corpus, model=minilm, batch_size=32)
-    for dtype in DTYPES:
+    for dtype in dtypes:
         emb[f"ours_{dtype}"] = step(f"embed/ours_{dtype}", our_job, "embed", embed_corpus, minilm,
                                     work / f"out-embed-{dtype}", dtype=dtype)
         emb[f"bare_{dtype}"] = step(f"embed/bare_{dtype}", contender, "bare", task="embed", corpus=embed_corpus,
                                     model=minilm, dtype=dtype)
-    emb["agreement"] = {d: embedding_agreement(work / "out-embed-float32", work / f"out-embed-{d}") for d in FAST}
+    emb["agreement"] = {d: embedding_agreement(work / "out-embed-float32", work / f"out-embed-{d}") for d in fast}
 
     r["sweep"] = {n: step(f"sweep/{n}", our_job, "embed", embed_corpus, minilm, work / "out-sweep",
-                          dtype="bfloat16", batch_tokens=n) for n in spec["sweep"]}
+                          dtype=quick, batch_tokens=n) for n in spec["sweep"]}
     factor = spec["rss_factor"]
     big = make_corpus(work / f"embed-corpus-x{factor}", spec["embed_docs"] * factor, seed=2)
     r["rss_factor"] = factor
-    big_run = step(f"rss/{factor}x", our_job, "embed", big, minilm, work / "out-rss", dtype="bfloat16")
-    r["rss"] = {"1x": emb["ours_bfloat16"]["peak_rss_mb"], f"{factor}x": big_run["peak_rss_mb"]}
-    r["pss"] = {"1x": emb["ours_bfloat16"].get("peak_pss_mb"), f"{factor}x": big_run.get("peak_pss_mb")}
-    emb["ours_bfloat16_big"] = big_run   # the same job on a corpus 10× larger: its start-up amortised
+    big_run = step(f"rss/{factor}x", our_job, "embed", big, minilm, work / "out-rss", dtype=quick)
+    r["rss"] = {"1x": emb[f"ours_{quick}"]["peak_rss_mb"], f"{factor}x": big_run["peak_rss_mb"]}
+    r["pss"] = {"1x": emb[f"ours_{quick}"].get("peak_pss_mb"), f"{factor}x": big_run.get("peak_pss_mb")}
+    emb["ours_big"] = big_run   # the same job on a corpus 10× larger: its start-up amortised
     r["profile"] = {d: step(f"profile/ner_{d}", contender, "profile", corpus=ner_corpus, model=ner_model, dtype=d,
-                            stride=stride) for d in ("float32", "bfloat16")}
-    r["pyspy"] = step("profile/pyspy_ner_bfloat16", pyspy_job, "ner", ner_corpus, ner_model, work / "out-pyspy",
-                      dtype="bfloat16", stride=stride)
+                            stride=stride) for d in ("float32", "bfloat16") if d in dtypes}
+    spied = "bfloat16" if "bfloat16" in dtypes else "int8"
+    r["pyspy"] = step(f"profile/pyspy_ner_{spied}", pyspy_job, "ner", ner_corpus, ner_model, work / "out-pyspy",
+                      dtype=spied, stride=stride)
     mean_len = ner["ours_float32"]["real_tokens"] / max(ner["ours_float32"]["docs"], 1)
     r["flops_per_token"] = flops_per_token(layers, hidden, mean_len)
     return r
@@ -244,6 +256,10 @@ def table(r: dict) -> str:
         return x["docs"] / x["seconds"]
 
     ner, emb, mm = r["ner"], r["embed"], r["matmul"]
+    dtypes = r.get("dtypes", DTYPES)
+    fast = [d for d in dtypes if d in FAST]
+    short = {"float32": "fp32", "bfloat16": "bf16", "int8": "int8"}
+    big_dtype = r.get("big_dtype", "bfloat16")
     best_hf = max(docs_s(ner["hf_bs1"]), docs_s(ner["hf_bs16_sorted"]))
     rows = ["| workload | contender | docs/s | real tokens/s | padding eff. | peak RSS MB | ratio |",
             "|---|---|---|---|---|---|---|"]
@@ -253,46 +269,54 @@ def table(r: dict) -> str:
         rows.append(f"| {workload} | {name} | {docs_s(x):.1f} | {tokens / x['seconds'] if tokens else float('nan'):.0f} | "
                     f"{x.get('padding_efficiency') or '':} | {x['peak_rss_mb']:.0f} | {docs_s(x) / ref:.2f}× |")
 
-    for name in ("hf_bs1", "hf_bs16_sorted", *(f"{w}_{d}" for w in ("ours", "bare") for d in DTYPES)):
+    for name in ("hf_bs1", "hf_bs16_sorted", *(f"{w}_{d}" for w in ("ours", "bare") for d in dtypes)):
         row("NER", name, ner[name], docs_s(ner["hf_bs1"]))
-    for name in ("st_bs32", *(f"{w}_{d}" for w in ("ours", "bare") for d in DTYPES)):
+    for name in ("st_bs32", *(f"{w}_{d}" for w in ("ours", "bare") for d in dtypes)):
         row("embed", name, emb[name], docs_s(emb["st_bs32"]))
-    big = emb.get("ours_bfloat16_big")
+    big = emb.get("ours_big")
     if big:
-        row(f"embed, {r['rss_factor']}× corpus", "ours_bfloat16", big, docs_s(emb["st_bs32"]))
+        row(f"embed, {r['rss_factor']}× corpus", f"ours_{big_dtype}", big, docs_s(emb["st_bs32"]))
 
     def each(fmt, values) -> str:
         return " / ".join(fmt(v) for v in values)
 
+    def names(values) -> str:
+        return " / ".join(short[v] for v in values)
+
     def ratio(a: dict, b: dict) -> str:
         return f"{docs_s(a) / docs_s(b):.2f}×"
 
+    matmul_dtypes = [d for d in ("float32", "bfloat16") if d in dtypes and mm.get(d)]
     achieved = {d: ner[f"bare_{d}"]["real_tokens"] / ner[f"bare_{d}"]["seconds"] * r["flops_per_token"]
-                for d in ("float32", "bfloat16")}
+                for d in matmul_dtypes}
     demo, random_model, cosine = ner["demo_agreement"], ner["random_model_agreement"], emb["agreement"]
     rss, pss = list(r["rss"].values()), list(r.get("pss", {}).values()) or [None, None]
     lines = [
         "\n".join(rows), "",
         "| target | measured |", "|---|---|",
-        f"| NER fast (bf16 / int8) vs HF batch_size=1 (≥ 3×) | {each(lambda d: ratio(ner[f'ours_{d}'], ner['hf_bs1']), FAST)} |",
+        f"| NER fast ({names(fast)}) vs HF batch_size=1 (≥ 3×) | {each(lambda d: ratio(ner[f'ours_{d}'], ner['hf_bs1']), fast)} |",
         f"| NER fp32 vs best HF (≥ 1.0×) | {docs_s(ner['ours_float32']) / best_hf:.2f}× |",
-        f"| embed fast (bf16 / int8) vs sentence-transformers (≥ 2.5×) | "
-        f"{each(lambda d: ratio(emb[f'ours_{d}'], emb['st_bs32']), FAST)} |",
+        f"| embed fast ({names(fast)}) vs sentence-transformers (≥ 2.5×) | "
+        f"{each(lambda d: ratio(emb[f'ours_{d}'], emb['st_bs32']), fast)} |",
         f"| embed fp32 vs sentence-transformers (≥ 1.0×) | {ratio(emb['ours_float32'], emb['st_bs32'])} |",
-        *([f"| (embed bf16 on the {r['rss_factor']}× corpus, start-up amortised: vs sentence-transformers / vs bare "
-           f"loop, both on the 1× corpus) | {ratio(big, emb['st_bs32'])} / {ratio(big, emb['bare_bfloat16'])} |"]
+        *([f"| (embed {short[big_dtype]} on the {r['rss_factor']}× corpus, start-up amortised: vs sentence-transformers "
+           f"/ vs bare loop, both on the 1× corpus) | {ratio(big, emb['st_bs32'])} / "
+           f"{ratio(big, emb[f'bare_{big_dtype}'])} |"]
           if big else []),
-        f"| NER job vs bare loop, fp32 / bf16 / int8 (≥ 0.85×) | "
-        f"{each(lambda d: ratio(ner[f'ours_{d}'], ner[f'bare_{d}']), DTYPES)} |",
-        f"| embed job vs bare loop, fp32 / bf16 / int8 (≥ 0.85×) | "
-        f"{each(lambda d: ratio(emb[f'ours_{d}'], emb[f'bare_{d}']), DTYPES)} |",
-        f"| model stage FLOP/s vs matmul, fp32 / bf16 (≥ 60%) | {achieved['float32'] / mm['float32']:.0%} / "
-        f"{achieved['bfloat16'] / mm['bfloat16']:.0%} (matmul {mm['float32'] / 1e9:.0f} / {mm['bfloat16'] / 1e9:.0f} GFLOP/s) |",
-        f"| NER entities = fp32, demo model, {demo['docs']} docs, bf16 / int8 (≥ 99%) | "
-        f"{each(lambda d: f'{demo[d]:.1%}', FAST)} |",
-        f"| (same, random BERT-base: near-tied logits) bf16 / int8 | "
-        f"{each(lambda d: f'{random_model[d]:.1%}', FAST)} |",
-        f"| embeddings vs fp32, lowest cosine, bf16 / int8 (≥ 0.999) | {each(lambda d: f'{cosine[d]:.5f}', FAST)} |",
+        f"| NER job vs bare loop, {names(dtypes)} (≥ 0.85×) | "
+        f"{each(lambda d: ratio(ner[f'ours_{d}'], ner[f'bare_{d}']), dtypes)} |",
+        f"| embed job vs bare loop, {names(dtypes)} (≥ 0.85×) | "
+        f"{each(lambda d: ratio(emb[f'ours_{d}'], emb[f'bare_{d}']), dtypes)} |",
+        f"| model stage FLOP/s vs matmul, {names(matmul_dtypes)} (≥ 60%) | "
+        f"{each(lambda d: f'{achieved[d] / mm[d]:.0%}', matmul_dtypes)} "
+        f"(matmul {each(lambda d: f'{mm[d] / 1e9:.0f}', matmul_dtypes)} GFLOP/s) |",
+        f"| NER entities = fp32, demo model, {demo['docs']} docs, {names(fast)} (≥ 99%) | "
+        f"{each(lambda d: f'{demo[d]:.1%}', fast)} |",
+        f"| (same, random BERT-base: near-tied logits) {names(fast)} | "
+        f"{each(lambda d: f'{random_model[d]:.1%}', fast)} |",
+        f"| embeddings vs fp32, lowest cosine, {names(fast)} (≥ 0.999) | {each(lambda d: f'{cosine[d]:.5f}', fast)} |",
+        *([] if "bfloat16" in dtypes else ["| bf16 (fast mode, model stage vs bf16 matmul) | not run: this CPU has no "
+                                           "bf16 units (AVX2 only), where torch runs bf16 40-400× slower than fp32 |"]),
         f"| peak RSS, {r['rss_factor']}× corpus / 1× (≤ 1.2) | {rss[1] / rss[0]:.2f} ({rss[0]:.0f} → {rss[1]:.0f} MB) |",
         *([f"| peak PSS (shared pages counted once), {r['rss_factor']}× / 1× | {pss[1] / pss[0]:.2f} "
            f"({pss[0]:.0f} → {pss[1]:.0f} MB) |"] if all(pss) else []),
@@ -309,7 +333,7 @@ def profile_text(r: dict) -> str:
         lines.append(f"- NER BERT-base {dtype}, in-process, {p['threads']} threads: stages {shares}; "
                      f"top operators (self CPU): {ops}")
     busy = [f"{task} {d} {x['model_busy_seconds'] / x['seconds']:.0%} of {x['seconds']:.0f} s"
-            for task, runs in (("NER", r["ner"]), ("embed", r["embed"])) for d in DTYPES
+            for task, runs in (("NER", r["ner"]), ("embed", r["embed"])) for d in r.get("dtypes", DTYPES)
             if "model_busy_seconds" in (x := runs[f"ours_{d}"])]
     if busy:
         lines.append(f"- Our jobs' model actors busy (mean per actor) over the job's wall time: {', '.join(busy)}; "
@@ -318,7 +342,8 @@ def profile_text(r: dict) -> str:
         spy = r["pyspy"]
         parts = ", ".join(f"{k} {v:.1%}" for k, v in spy["parts"].items())
         leaves = ", ".join(f"`{k}` {v:.1%}" for k, v in spy["top_leaves"][:5])
-        lines.append(f"- py-spy over the whole NER bf16 job (driver + Ray workers, {spy['samples']} busy samples): "
+        spied = "bf16" if "bfloat16" in r.get("dtypes", DTYPES) else "int8"
+        lines.append(f"- py-spy over the whole NER {spied} job (driver + Ray workers, {spy['samples']} busy samples): "
                      f"{parts}; top frames: {leaves}")
     return "\n".join(lines)
 
@@ -336,7 +361,7 @@ def plot(r: dict, path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("--batch-tokens")
     ax.set_ylabel("real tokens / s (job, wall)")
-    ax.set_title("embed job, all-MiniLM-L6-v2, bf16")
+    ax.set_title(f"embed job, all-MiniLM-L6-v2, {r.get('big_dtype', 'bfloat16')}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
