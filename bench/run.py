@@ -366,6 +366,13 @@ def plot(r: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                platform.processor() or "?")
+
+
 def write_results(r: dict, text: str, path: Path) -> None:
     import torch
 
@@ -373,8 +380,8 @@ def write_results(r: dict, text: str, path: Path) -> None:
     notes = NOTES.read_text(encoding="utf-8") + "\n" if r["suite"] == "cpu" and NOTES.is_file() else ""
     gpu = kept_section(path)   # written by the gpu suite, on another machine
     path.write_text(
-        f"# Benchmark results\n\nDate: {datetime.date.today()}  \nMachine: {platform.machine()}, "
-        f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB, torch threads "
+        f"# Benchmark results\n\nDate: {datetime.date.today()}  \nMachine: {platform.machine()}, CPU {cpu_name()} "
+        f"({torch.backends.cpu.get_cpu_capability()}), {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB, torch threads "
         f"{torch.get_num_threads()}  \nVersions: {versions}  \nSuite: {r['suite']} "
         f"(command: `.venv/bin/python bench/run.py --suite {r['suite']}`)\n\n{text}\n\n{notes}"
         f"Raw numbers:\n\n```json\n{json.dumps(r, indent=1, default=str)}\n```\n" + (f"\n{gpu}" if gpu else ""),
