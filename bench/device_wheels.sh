@@ -8,7 +8,7 @@
 # Python job with the dashboard off): 79 -> ~45 MB. Then, on the GPU machine, with .whl carried:
 #
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-#     && PYTHONPATH=/tmp/site:. python3 bench/run.py --suite gpu
+#     && PYTHONPATH=/tmp/site:$PWD python3 bench/run.py --suite gpu   # Ray workers import the repo too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
