@@ -173,3 +173,18 @@ def test_example_multi_yaml_is_valid():
     config = parse_config(MultiConfig, ["--config", str(REPO / "examples/multi.yaml")], "multi_corpus.py", "")
     assert [(column, task) for column, task, _ in config.task_configs()] == \
            [("entities", "ner"), ("sentiment", "classify"), ("embedding", "embed")]
+
+
+def test_multi_task_job_refuses_half_precision_on_a_cpu_without_it(ray_session, setup, tmp_path, monkeypatch,
+                                                                    capsys):
+    """A multi-task job in bf16 on a CPU without bf16 units: a usage error before any work."""
+    from pipeline import infer
+
+    monkeypatch.setattr(infer, "_native_on_cpu", lambda dtype: False)
+    _, corpus, classify, _ = setup
+    values = {"input": str(corpus), "dtype": "bfloat16", "tasks": {
+        "topics": {"task": "classify", "model": str(classify), "text_pair_column": "pair"},
+        "vector": {"task": "embed", "model": MINILM}}}
+    with pytest.raises(SystemExit) as stopped:
+        multi_corpus.main(["--config", write_yaml(tmp_path / "multi.yaml", values), "--output", str(tmp_path / "out")])
+    assert stopped.value.code == 2 and "no bfloat16 matrix instructions" in capsys.readouterr().err
