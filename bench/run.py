@@ -204,7 +204,7 @@ def run_suite(suite: str, work: Path, resume: bool = False) -> dict:
     stride = spec["stride"]   # long documents: every window, on both sides (no silent truncation at 512)
     dtypes = cpu_dtypes()
     fast = tuple(d for d in dtypes if d in FAST)
-    quick = "bfloat16" if "bfloat16" in dtypes else "float32"   # embeddings: int8 loses too much (cosine 0.75)
+    quick = "bfloat16" if "bfloat16" in dtypes else "float32"   # embeddings: int8 is too far from fp32 (NOTES.md)
     r: dict = {"suite": suite, "dtypes": dtypes, "big_dtype": quick, "matmul": step("matmul", contender, "matmul")}
 
     ner = r["ner"] = {}

@@ -54,7 +54,7 @@ def test_float32_and_int8_take_the_plain_path():
 
 
 def test_int8_linear_equals_torch_dynamic_quantisation():
-    """The same scale, kernels and outputs as torch's `quantize_dynamic`, bit for bit."""
+    """The same scales, kernels and outputs as torch's `quantize_dynamic` with per-channel weights, bit for bit."""
     import warnings
 
     torch.manual_seed(0)
@@ -62,7 +62,8 @@ def test_int8_linear_equals_torch_dynamic_quantisation():
     x = torch.randn(2, 7, 64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        reference = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear},
+        per_channel = torch.ao.quantization.per_channel_dynamic_qconfig
+        reference = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear: per_channel},
                                                            dtype=torch.qint8)
         ours = Int8Linear(layer)
     assert torch.equal(ours(x), reference(x))
