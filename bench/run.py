@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import threading
@@ -58,11 +59,12 @@ NOTES = REPO / "bench" / "NOTES.md"        # the reading of the cpu suite's numb
 SAMPLE_CORPUS, DEMO_MODEL = REPO / "examples" / "sample_corpus", REPO / "examples" / "demo-ner-model"
 
 
-def measure(cmd: list[str], env: dict | None = None) -> dict:
+def measure(cmd: list[str], env: dict | None = None, watch=None) -> dict:
     """Run `cmd`; return wall seconds, peak RSS and PSS of its process tree, and its BENCH line (if any).
 
     RSS summed over processes counts shared pages (torch's libraries, Ray's object store) once per
     process that maps them; PSS shares them out, so its sum is the memory the job really holds.
+    `watch(proc)`, if given, runs in a thread beside it.
     """
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -82,6 +84,8 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    if watch is not None:
+        threading.Thread(target=watch, args=(proc,), daemon=True).start()
     output, _ = proc.communicate()
     wall = time.perf_counter() - started
     sampler.join()
@@ -126,12 +130,36 @@ PYSPY_PARTS = (("model forward", ("models/", "pipeline/infer.py")), ("tokenize",
                ("write", ("pipeline/sink.py",)))
 
 
+def stop_after_its_child(spy: subprocess.Popen, grace: float = 30.0) -> None:
+    """py-spy records until every process it follows has exited. Once it waited for good on a Ray
+    worker the job had left behind, which its own sampling held stopped (SIGKILL stayed pending).
+    When the job's driver, py-spy's child, has exited, py-spy gets `grace` seconds, then SIGINT:
+    it writes its samples and exits."""
+    seen = False
+    while spy.poll() is None:
+        try:
+            live = [c for c in psutil.Process(spy.pid).children() if c.status() != psutil.STATUS_ZOMBIE]
+        except psutil.Error:   # py-spy or its child just went
+            live = []
+        if live:
+            seen = True
+        elif seen:
+            break
+        time.sleep(0.5)
+    deadline = time.monotonic() + grace
+    while spy.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if spy.poll() is None:
+        spy.send_signal(signal.SIGINT)
+
+
 def pyspy_job(task: str, corpus: Path, model: Path, output: Path, **flags) -> dict:
     """py-spy over the whole job (driver and every Ray worker): where the busy samples go."""
     raw = output.with_suffix(".pyspy.txt")
     spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses", "--format", "raw", "-r", "50",
            "-o", str(raw), "--"]
-    measure(spy + job_command(task, corpus, model, output, **flags), env={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
+    measure(spy + job_command(task, corpus, model, output, **flags), env={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"},
+            watch=stop_after_its_child)
     parts: dict[str, int] = {}
     leaves: dict[str, int] = {}
     for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():

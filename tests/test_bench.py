@@ -7,6 +7,8 @@ minutes and is not part of the test suite; no timing is asserted anywhere.
 from __future__ import annotations
 
 import json
+import sys
+import time
 
 import pyarrow.dataset as pads
 
@@ -31,6 +33,18 @@ def test_bare_loop_and_agreement_contenders_run_in_process(tmp_path, capsys):
     contenders.main(["agree", "--corpus", str(corpus), "--model", str(model)])
     agree = json.loads(capsys.readouterr().out.split("BENCH ", 1)[1])
     assert agree["docs"] == 12 and 0 <= agree["bfloat16"] <= 1 and 0 <= agree["int8"] <= 1
+
+
+def test_a_profiler_left_waiting_after_its_job_is_stopped(tmp_path):
+    """bench.run.stop_after_its_child: a py-spy stand-in whose child (the job) exits but which waits on;
+    it gets SIGINT after the grace period and the measurement ends."""
+    stand_in = ("import signal, subprocess, sys, time\n"
+                "signal.signal(signal.SIGINT, lambda *_: sys.exit(0))\n"
+                "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(2)']).wait()\n"
+                "time.sleep(120)\n")
+    started = time.monotonic()
+    run.measure([sys.executable, "-c", stand_in], watch=lambda proc: run.stop_after_its_child(proc, grace=1.0))
+    assert time.monotonic() - started < 60
 
 
 def test_report_has_every_target(tmp_path):
