@@ -96,8 +96,8 @@ class Int8Linear(nn.Module):
     same outputs as `torch.ao.quantization.quantize_dynamic` with its per-channel qconfig, the
     weights packed once (torch's module first packs placeholder weights twice: 1.8 s of every
     BERT-base model actor's start). Per-channel scales cost nothing in speed and keep models whose
-    rows differ in scale usable: all-MiniLM-L6-v2's embeddings went from cosine ≥ 0.76 against
-    fp32 with one scale per matrix to ≥ 0.92 (bench/NOTES.md). Activations keep torch's 7-bit range
+    rows differ in scale usable: all-MiniLM-L6-v2's lowest embedding cosine against fp32 went from
+    0.74–0.77 with one scale per matrix to 0.90–0.91 (bench/NOTES.md). Activations keep torch's 7-bit range
     (`reduce_range`), which CPUs without VNNI need against 16-bit overflow. torch marks its quantised
     tensor types deprecated (pytorch#184982), but they are its only int8 CPU kernels in 2.13, which
     the project pins.
