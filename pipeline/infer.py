@@ -33,6 +33,10 @@ class InferConfig:
     threads: int | None = None      # intra-op torch threads for CPU actors (Ray sets OMP_NUM_THREADS=1)
     model_options: tuple[tuple[str, object], ...] = ()  # extra load_model keywords (pooling, normalize)
 
+    @property
+    def dtypes(self) -> tuple[str, ...]:
+        return (self.dtype,)
+
 
 def resolve_device(device: str) -> str:
     import torch

@@ -48,6 +48,11 @@ class MultiInferConfig:
     device: str = "auto"                                     # set for every part (ray_plan places actors)
     threads: int | None = None
 
+    @property
+    def dtypes(self) -> tuple[str, ...]:
+        """The dtypes of the tasks' models (ray_plan checks them against the device)."""
+        return tuple(sorted({infer.dtype for *_, infer in self.parts}))
+
 
 @dataclasses.dataclass(frozen=True)
 class MultiDecodeConfig:

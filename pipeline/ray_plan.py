@@ -173,8 +173,7 @@ def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], di
     placement = place(plan.infer.config.device, plan.tokenizer_actors, plan.model_actors,
                       resources.get("CPU", 1.0), resources.get("GPU", 0.0), largest.get("CPU"),
                       largest.get("memory"), plan.model_bytes, rows, plan.docs_per_batch)
-    config = plan.infer.config   # an InferConfig, or a MultiInferConfig with one per task
-    dtypes = sorted({part.dtype for *_, part in config.parts} if hasattr(config, "parts") else {config.dtype})
+    dtypes = plan.infer.config.dtypes   # a multi-task job: every task's model
     if placement.use_gpu and "int8" in dtypes:
         raise UsageError("--dtype int8 (dynamic quantisation) runs on CPU only; use --device cpu or --dtype bfloat16")
     here = [n["NodeID"] for n in alive] == [ray.get_runtime_context().get_node_id()]  # the model runs on this CPU

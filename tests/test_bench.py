@@ -35,7 +35,7 @@ def test_bare_loop_and_agreement_contenders_run_in_process(tmp_path, capsys):
     assert agree["docs"] == 12 and 0 <= agree["bfloat16"] <= 1 and 0 <= agree["int8"] <= 1
 
 
-def test_a_profiler_left_waiting_after_its_job_is_stopped(tmp_path):
+def test_a_profiler_left_waiting_after_its_job_is_stopped():
     """bench.run.stop_after_its_child: a py-spy stand-in whose child (the job) exits but which waits on;
     it gets SIGINT after the grace period and the measurement ends."""
     stand_in = ("import signal, subprocess, sys, time\n"
