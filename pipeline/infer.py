@@ -8,6 +8,7 @@ list of float32 vectors, one per token (NER, QA) or a single one (classification
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import functools
@@ -17,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.arrow_nested import flat_lengths, flatten, nest, ragged, split_rows
+from pipeline.cores import NodeCores
 from pipeline.stage import OUTPUTS, STAT_PREFIX, WINDOWS, Stage, Timer, add_seconds, set_column
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -31,6 +33,9 @@ class InferConfig:
     device: str = "auto"
     dtype: str = "auto"
     threads: int | None = None      # intra-op torch threads for CPU actors (Ray sets OMP_NUM_THREADS=1)
+    # CPU actors of one group share a node's `node_threads` among those with a batch (pipeline.cores)
+    core_group: str | None = None
+    node_threads: int | None = None
     model_options: tuple[tuple[str, object], ...] = ()  # extra load_model keywords (pooling, normalize)
 
     @property
@@ -135,6 +140,8 @@ class Infer(Stage):
 
         self.config = config
         self.device = resolve_device(config.device)
+        self.cores = NodeCores(config.core_group, config.threads, config.node_threads) \
+            if config.core_group and config.threads and config.node_threads and self.device == "cpu" else None
         self._set_threads()
         if self.device == "cpu" and (why := slow_on_this_cpu(config.dtype)):
             logging.getLogger(__name__).warning(why)   # a node unlike the driver's (the driver refuses on its own)
@@ -152,15 +159,15 @@ class Infer(Stage):
         """Intra-op threads for the calling thread: OpenMP keeps the thread count per thread, and a
         thread that never set it runs oneDNN/MKL matmuls on OMP_NUM_THREADS, which Ray sets to 1 in
         its workers. Ray runs an actor's batches in another thread than its constructor, so this runs
-        before every batch (it measured 1 of 2 cores busy in the matmuls otherwise; bench/NOTES.md)."""
+        before every micro-batch (it measured 1 of 2 cores busy in the matmuls otherwise; bench/NOTES.md),
+        with the threads of the node's idle model actors added when there are some (`NodeCores`)."""
         if self.config.threads and self.device == "cpu":
             import torch
 
-            torch.set_num_threads(self.config.threads)
+            torch.set_num_threads(self.cores.share() if self.cores else self.config.threads)
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        with Timer() as timer:
-            self._set_threads()
+        with Timer() as timer, self.cores.busy() if self.cores else contextlib.nullcontext():
             windows_column = table.column(WINDOWS)
             windows_per_doc = flat_lengths(windows_column)
             windows = flatten(windows_column)
@@ -200,6 +207,7 @@ class Infer(Stage):
         previous = None
         for group in groups:
             members = order[group]
+            self._set_threads()
             launched = (members, self._launch(ids, type_ids, lengths, members))
             if previous is not None:
                 collect(*previous)

@@ -47,6 +47,8 @@ class MultiInferConfig:
     parts: tuple[tuple[str, str, InferConfig], ...]          # (windows column, outputs column, model)
     device: str = "auto"                                     # set for every part (ray_plan places actors)
     threads: int | None = None
+    core_group: str | None = None
+    node_threads: int | None = None
 
     @property
     def dtypes(self) -> tuple[str, ...]:
@@ -132,8 +134,9 @@ class MultiInfer(Stage):
     def __init__(self, config: MultiInferConfig):
         self.config = config
         self.requires, self.adds, self.removes = self.declare(config)
-        self.parts = [(windows, outputs, Infer(dataclasses.replace(infer, device=config.device,
-                                                                   threads=config.threads)))
+        self.parts = [(windows, outputs, Infer(dataclasses.replace(infer, device=config.device, threads=config.threads,
+                                                                   core_group=config.core_group,
+                                                                   node_threads=config.node_threads)))
                       for windows, outputs, infer in config.parts]
 
     @classmethod

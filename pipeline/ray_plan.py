@@ -7,8 +7,9 @@ CPU budget: model actors on CPU reserve (in Ray's accounting) the CPUs left afte
 actors and a reserve for the read/decode/write tasks; without that reserve the tasks could wait
 forever for a CPU held by an idle actor. Their torch intra-op threads (Ray sets OMP_NUM_THREADS=1
 in workers) are the node's cores shared by the model actors on it (by default one actor per core,
-one thread each: `place`): the tokenizer and the tasks are light next to an encoder (a few % of
-its time, bench/RESULTS.md), so leaving them whole cores would idle those cores.
+one thread each: `place`; an actor left without batches lends its threads to the busy ones,
+pipeline.cores): the tokenizer and the tasks are light next to an encoder (a few % of its time,
+bench/RESULTS.md), so leaving them whole cores would idle those cores.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import uuid
 import warnings
 from collections.abc import Iterable, Iterator
 
@@ -92,6 +94,7 @@ class Placement:
     model_cpus: float           # per model actor
     model_threads: int
     docs_per_batch: int
+    node_threads: int = 1       # the model actors' threads on a node together: busy actors share them
 
 
 # Documents per batch when --docs-per-batch is not given. On CPU a batch of 256 takes seconds; a GPU
@@ -157,8 +160,9 @@ def place(device: str, tokenizer_actors: int | None, model_actors: int | None, c
         raise UsageError(f"--model-actors {model_actors} and --tokenizer-actors {tokenizer_actors} "
                          f"do not fit in {cluster_cpus:g} CPUs; use fewer actors")
     per_node = math.ceil(model_actors / nodes)
-    return Placement(False, tokenizer_actors, tokenizer_cpus, model_actors, model_cpus,
-                     max(1, math.floor(node_cpus / per_node)), docs_per_batch)
+    threads = max(1, math.floor(node_cpus / per_node))
+    return Placement(False, tokenizer_actors, tokenizer_cpus, model_actors, model_cpus, threads, docs_per_batch,
+                     node_threads=threads * per_node)
 
 
 def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], dict]:
@@ -182,7 +186,9 @@ def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], di
     infer = dataclasses.replace(
         plan.infer, config=dataclasses.replace(
             plan.infer.config, device="cuda" if placement.use_gpu else "cpu",
-            threads=None if placement.use_gpu else placement.model_threads))
+            threads=None if placement.use_gpu else placement.model_threads,
+            core_group=None if placement.use_gpu else uuid.uuid4().hex,   # this execution's actors only
+            node_threads=None if placement.use_gpu else placement.node_threads))
 
     # One block per input file, made on the driver (ray.data.range would need a read task with a whole CPU).
     ds = ray.data.from_items([{"file": i} for i in file_indices], override_num_blocks=len(file_indices))

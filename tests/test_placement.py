@@ -25,18 +25,19 @@ def test_cpu_cluster_leaves_room_for_tasks_and_threads_follow_cpus():
 def test_default_cpu_placement_is_one_single_threaded_actor_per_core():
     laptop = place("cpu", 1, None, cluster_cpus=2, cluster_gpus=0)
     assert (laptop.model_actors, laptop.model_cpus, laptop.model_threads) == (2, 0.5, 1)
+    assert laptop.node_threads == 2              # an actor without a batch lends its core (pipeline.cores)
     node = place("auto", 1, None, cluster_cpus=16, cluster_gpus=0)
     assert (node.model_actors, node.model_threads) == (16, 1)
     assert node.model_actors * node.model_cpus <= 16 - 4 - 1 + 0.1    # the tasks' reserve stays
     two_nodes = place("cpu", 1, None, cluster_cpus=32, cluster_gpus=0, node_cpus=16)
-    assert (two_nodes.model_actors, two_nodes.model_threads) == (32, 1)
+    assert (two_nodes.model_actors, two_nodes.model_threads, two_nodes.node_threads) == (32, 1, 16)
 
 
 def test_default_cpu_placement_shrinks_to_memory_and_corpus():
     gib = 2**30
     # 1 GiB of weights: ≈ 2.4 GiB per actor; half of 16 GiB holds 3 → 3 actors of 5 threads
     tight = place("cpu", 1, None, cluster_cpus=16, cluster_gpus=0, node_memory=16 * gib, model_bytes=gib)
-    assert (tight.model_actors, tight.model_threads) == (3, 5)
+    assert (tight.model_actors, tight.model_threads, tight.node_threads) == (3, 5, 15)
     huge = place("cpu", 1, None, cluster_cpus=16, cluster_gpus=0, node_memory=4 * gib, model_bytes=8 * gib)
     assert (huge.model_actors, huge.model_threads) == (1, 16)
     small_corpus = place("cpu", 1, None, cluster_cpus=16, cluster_gpus=0, rows=500)   # 2 batches of 256

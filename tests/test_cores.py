@@ -1,0 +1,96 @@
+"""pipeline.cores: the node's model threads go to the actors that have a batch to run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from pipeline.cores import NodeCores
+
+
+@pytest.fixture
+def other_actor():
+    """Another live process of the node, as another model actor of the group would be."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_busy_actors_share_the_nodes_threads(tmp_path, other_actor):
+    cores = NodeCores("job", threads=1, node_threads=2, root=tmp_path)
+    with cores.busy():
+        assert cores.share() == 2                 # the other actor has no batch: its core too
+        (cores.folder / f"{other_actor.pid}.busy").touch()
+        assert cores.share() == 1                 # both busy: one each
+    assert os.listdir(cores.folder) == [f"{other_actor.pid}.busy"]
+    wide = NodeCores("job", threads=4, node_threads=6, root=tmp_path)
+    assert wide.share() == 4                      # 6 threads over 2 busy actors: 3, but never below its own
+
+
+def test_a_dead_actors_mark_counts_for_nothing_and_is_removed(tmp_path, other_actor):
+    cores = NodeCores("job", threads=1, node_threads=2, root=tmp_path)
+    cores.folder.mkdir(parents=True)
+    (cores.folder / f"{other_actor.pid}.busy").touch()
+    assert cores.share() == 1
+    other_actor.kill()                            # killed mid-batch: its mark stays behind
+    other_actor.wait()
+    assert cores.share() == 2
+    assert os.listdir(cores.folder) == []
+
+
+def test_folders_of_finished_groups_are_removed_running_ones_kept(tmp_path, other_actor):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    root = tmp_path / "bertbatch-cores"
+    for group, pid in (("finished", int(dead.stdout)), ("running", other_actor.pid)):
+        (root / group).mkdir(parents=True)
+        (root / group / f"{pid}.busy").touch()
+    (root / "idle").mkdir()                       # every actor between batches (or all gone)
+    cores = NodeCores("new", threads=1, node_threads=2, root=tmp_path)
+    assert sorted(p.name for p in root.iterdir()) == ["running"]
+    with cores.busy():                            # made when needed
+        assert sorted(p.name for p in root.iterdir()) == ["new", "running"]
+
+
+# A model actor's stage (OMP_NUM_THREADS=1, as in a Ray worker) beside another actor of its group, idle
+# for the first batch and busy for the second: prints the OpenMP thread count inside each forward.
+PROBE = """
+import ctypes, sys
+from pathlib import Path
+from pipeline.infer import Infer, InferConfig
+from pipeline.tokenize import Tokenize, TokenizeConfig
+from pipeline.validate import ValidateConfig, ValidateText
+from tests.test_stages import docs_table
+
+gomp = next(line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line)
+omp_get_max_threads = ctypes.CDLL(gomp).omp_get_max_threads
+infer = Infer(InferConfig(sys.argv[1], "ner", device="cpu", threads=1, core_group=sys.argv[2], node_threads=2))
+table = Tokenize(TokenizeConfig(sys.argv[1], max_length=32))(ValidateText(ValidateConfig())(docs_table(["John Smith"])))
+seen = []
+forward = infer.model.forward
+infer.model.forward = lambda *args: seen.append(omp_get_max_threads()) or forward(*args)
+infer(table)
+Path(sys.argv[3]).touch()
+infer(table)
+print(seen)
+"""
+
+
+def test_a_model_actor_runs_on_the_threads_of_an_idle_one(ner_checkpoint, tmp_path, other_actor):
+    group = f"test-{os.getpid()}-{tmp_path.name}"
+    folder = Path(tempfile.gettempdir()) / "bertbatch-cores" / group
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        out = subprocess.run([sys.executable, "-c", PROBE, str(ner_checkpoint), group,
+                              str(folder / f"{other_actor.pid}.busy")], env=env,
+                             cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
+    finally:
+        for entry in folder.iterdir():
+            entry.unlink()
+        folder.rmdir()
+    assert out.stdout.strip() == "[2, 1]"
