@@ -22,6 +22,11 @@ WORDS = (  # noqa: SIM905 - a sentence is easier to read than a list of words
 ).split()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Airflow test last: .ci/run builds its virtual environment beside the rest of the suite."""
+    items.sort(key=lambda item: item.get_closest_marker("airflow") is not None)   # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """`ray.init(num_cpus=2)` once per session; shut down at the end."""

@@ -1,16 +1,14 @@
 """The Airflow DAG (infra/airflow/dags/bertbatch_ner.py) run by a real Airflow against a real local Ray.
 
-Airflow lives in its own virtual environment, `.venv-airflow/` in the repository root (its pins
-clash with ours), built on first use and reused while the pinned requirements stay the same
-(a cold build takes about a minute with a warm pip cache). The test starts a one-node Ray with
-`ray start --head` (token auth on, see tests/ray_cluster.py), runs
+Airflow lives in its own virtual environment, `.venv-airflow/` in the repository root
+(tests/airflow_venv.py: built on first use, or ahead by .ci/run beside the suite). The test starts
+a one-node Ray with `ray start --head` (token auth on, see tests/ray_cluster.py), runs
 `airflow dags test bertbatch_ner <date>` with AIRFLOW_HOME and its sqlite database in tmp_path,
 and checks that the job wrote the partition of that date: every input id, `_SUCCESS`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -21,33 +19,17 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-import ray
 
+from tests.airflow_venv import airflow_venv
 from tests.checkpoints import make_checkpoint
 from tests.ray_cluster import RAY, LoopbackCluster
 
 pytestmark = [pytest.mark.airflow, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parents[1]
-VENV = REPO / ".venv-airflow"
 DAGS = REPO / "infra" / "airflow" / "dags"
 DAG_ID = "bertbatch_ner"
 LOGICAL_DATE = "2026-01-02"
-# Airflow 3.3 supports Python 3.10-3.13; the Ray client must be the cluster's exact version.
-REQUIREMENTS = ("apache-airflow==3.3.2", f"ray[default]=={ray.__version__}")
-
-
-def airflow_venv() -> Path:
-    """Create (or reuse) `.venv-airflow/` with the pinned requirements; return its bin folder."""
-    stamp = VENV / f".installed-{hashlib.sha256(' '.join(REQUIREMENTS).encode()).hexdigest()[:16]}"
-    if not stamp.exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-        install = subprocess.run([str(VENV / "bin" / "python"), "-m", "pip", "install", "-q", *REQUIREMENTS],
-                                 capture_output=True, text=True, timeout=900)
-        if install.returncode != 0:
-            pytest.fail(f"pip install {' '.join(REQUIREMENTS)} failed:\n{install.stderr[-4000:]}")
-        stamp.touch()
-    return VENV / "bin"
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +62,10 @@ def write_partition(root: Path, date: str) -> set[str]:
 
 
 def test_dag_runs_the_ner_job_for_its_logical_date(head: LoopbackCluster, tmp_path: Path) -> None:
-    bin_dir = airflow_venv()
+    try:
+        bin_dir = airflow_venv()
+    except RuntimeError as error:
+        pytest.fail(str(error))
     model, _ = make_checkpoint(tmp_path / "model", "bert", "ner")
     ids = write_partition(tmp_path / "corpus", LOGICAL_DATE)
     airflow_home = tmp_path / "airflow"
