@@ -11,7 +11,8 @@ accounting only); files keep it to the node without another process.
 
 A mark whose process is gone (an actor killed mid-batch) counts for nothing and is removed by the
 next reader. Several stages in one process (a multi-task job) run one after another: marks are per
-process.
+process. Where the folder cannot be written or read (another user's, say), an actor keeps its own
+threads: sharing is an optimisation, never a reason for a batch to fail.
 """
 
 from __future__ import annotations
@@ -45,42 +46,48 @@ class NodeCores:
         self.threads, self.node_threads = threads, node_threads
         self.pid = os.getpid()
         self._mark = self.folder / f"{self.pid}.busy"
-        _remove_finished_groups(self.folder.parent, keep=self.folder.name)
+        with contextlib.suppress(OSError):
+            _remove_finished_groups(self.folder.parent, keep=self.folder.name)
 
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
         """Marks this process busy while the block runs (a batch)."""
         for _ in range(2):   # another job's start may remove the folder while it is empty
-            self.folder.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
+                self.folder.mkdir(parents=True, exist_ok=True)
                 self._mark.touch()
                 break
         try:
             yield
         finally:
-            self._mark.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self._mark.unlink(missing_ok=True)
 
     def share(self) -> int:
         """Threads for this process now: the node's threads over its group's busy processes (this one included)."""
+        try:
+            others = [pid for pid in map(_pid, os.listdir(self.folder)) if pid and pid != self.pid]
+        except OSError:   # no folder yet (nobody busy), or not ours to read
+            return self.threads
         busy = 1
-        for name in os.listdir(self.folder) if self.folder.is_dir() else ():
-            pid = int(name.split(".")[0])
-            if pid == self.pid:
-                continue
+        for pid in others:
             if _alive(pid):
                 busy += 1
             else:
-                (self.folder / name).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    (self.folder / f"{pid}.busy").unlink(missing_ok=True)
         return max(self.threads, self.node_threads // busy)
+
+
+def _pid(name: str) -> int | None:
+    """The process of a `<pid>.busy` mark; None for anything else."""
+    stem, dot, kind = name.partition(".")
+    return int(stem) if dot and kind == "busy" and stem.isdigit() else None
 
 
 def _remove_finished_groups(root: Path, keep: str) -> None:
     """Folders of earlier executions whose actors are all gone."""
-    if not root.is_dir():
-        return
-    for folder in root.iterdir():
-        if folder.name == keep:
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            if not any(_alive(int(name.split(".")[0])) for name in os.listdir(folder)):
+    for folder in root.iterdir() if root.is_dir() else ():
+        with contextlib.suppress(OSError):
+            if folder.name != keep and not any(_alive(pid) for pid in map(_pid, os.listdir(folder)) if pid):
                 shutil.rmtree(folder, ignore_errors=True)

@@ -57,6 +57,19 @@ def test_folders_of_finished_groups_are_removed_running_ones_kept(tmp_path, othe
         assert sorted(p.name for p in root.iterdir()) == ["new", "running"]
 
 
+def test_anything_else_in_the_folder_is_ignored_and_a_folder_it_cannot_use_costs_only_the_sharing(tmp_path):
+    cores = NodeCores("job", threads=1, node_threads=2, root=tmp_path)
+    cores.folder.mkdir(parents=True)
+    for name in ("notes.txt", "123-1.actor", "x.busy", ".busy"):
+        (cores.folder / name).touch()
+    with cores.busy():
+        assert cores.share() == 2
+    (tmp_path / "blocked").write_text("a file where the folders would go")
+    blocked = NodeCores("job", threads=1, node_threads=2, root=tmp_path / "blocked")
+    with blocked.busy():                          # cannot mark itself: runs on its own threads
+        assert blocked.share() == 1
+
+
 # A model actor's stage (OMP_NUM_THREADS=1, as in a Ray worker) beside another actor of its group, idle
 # for the first batch and busy for the second: prints the OpenMP thread count inside each forward.
 PROBE = """
