@@ -52,7 +52,17 @@ def _pooling_modes(path: Path) -> tuple[str, ...]:
     return modes
 
 
+def _bert_config(folder: Path) -> dict:
+    path = Path(folder) / "sentence_bert_config.json"
+    return _read(path) if path.is_file() else {}
+
+
 def max_seq_length(folder: Path) -> int | None:
     """sentence_bert_config.json's max_seq_length (e.g. 256 for all-MiniLM-L6-v2), if the folder has one."""
-    path = Path(folder) / "sentence_bert_config.json"
-    return int(_read(path)["max_seq_length"]) if path.is_file() and "max_seq_length" in _read(path) else None
+    value = _bert_config(folder).get("max_seq_length")
+    return int(value) if value is not None else None
+
+
+def do_lower_case(folder: Path) -> bool:
+    """sentence_bert_config.json's do_lower_case: sentence-transformers lowercases every text before its tokenizer."""
+    return bool(_bert_config(folder).get("do_lower_case", False))

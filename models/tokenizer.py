@@ -5,7 +5,8 @@ as stored, else a WordPiece (`vocab.txt`, as `BertTokenizerFast`) or byte-level 
 `merges.txt`, as `RobertaTokenizerFast`) built the way transformers' `convert_slow_tokenizer` does,
 then the edits the fast tokenizer classes make from `tokenizer_config.json` in their `__init__`.
 `encode_windows` returns what the fast tokenizer returns with `truncation=True`, `stride` and
-`return_overflowing_tokens=True`: the main encoding followed by its overflowing windows.
+`return_overflowing_tokens=True`: the main encoding followed by its overflowing windows, cut from
+the side the tokenizer truncates (`truncation_side`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,17 @@ _ROBERTA_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk
 _BERT_LIKE = {"Bert", "DistilBert", "ConvBert", "Electra", "MobileBert", "SqueezeBert", "LayoutLM",
               "Funnel", "Lxmert", "Realm", "RetriBert"}
 _ROBERTA_LIKE = {"Roberta", "Longformer", "Bart", "Mvp", "Blenderbot", "LED", "LayoutLMv3"}
-_MODEL_TYPE_CLASS = {"bert": "Bert", "distilbert": "DistilBert", "convbert": "ConvBert", "roberta": "Roberta"}
+# SentencePiece classes of the RoBERTa layout: RoBERTa's special tokens, their own mask token (and
+# CamemBERT's unused extra tokens), no rebuilt normaliser or post-processor.
+_MASK_LSTRIP = {"XLMRoberta": {"lstrip": True, "rstrip": False, "normalized": True},
+                "Camembert": {"lstrip": True, "rstrip": False, "normalized": False}}
+_CAMEMBERT_EXTRA = ["<s>NOTUSED", "</s>NOTUSED", "<unk>NOTUSED"]
+# Fast classes whose model_input_names leave token_type_ids out: the HF pipelines give their models
+# none (type 0 everywhere), whatever the backend's encodings say (XLM-R's windows after the first
+# give a pair's second text type 1, past its one-row type embedding).
+_NO_TYPE_IDS = _ROBERTA_LIKE | set(_MASK_LSTRIP) | {"DistilBert"}
+_MODEL_TYPE_CLASS = {"bert": "Bert", "distilbert": "DistilBert", "convbert": "ConvBert", "roberta": "Roberta",
+                     "xlm-roberta": "XLMRoberta", "camembert": "Camembert"}
 
 
 @dataclass(eq=False)
@@ -68,10 +79,26 @@ class Tokenizer:
         backend.no_padding()
         self._backend = backend
         self._windowers: dict[tuple[int, int, str], RustTokenizer] = {}
+        # A serialised backend (to_str, pickle) loses this flag: every copy gets it again.
+        self._split_special = bool(settings.get("split_special_tokens", False))
+        backend.encode_special_tokens = self._split_special
+        self.type_ids = "token_type_ids" in settings["model_input_names"]
+        self.truncation_side: str = settings.get("truncation_side", "right")
+        self.padding_side: str = settings.get("padding_side", "right")
+        for name in ("truncation_side", "padding_side"):
+            if getattr(self, name) not in ("right", "left"):
+                raise ValueError(f"{name}={getattr(self, name)!r} in tokenizer_config.json: expected 'right' or 'left'")
         limit = settings.get("model_max_length")
         self.model_max_length: int | None = int(limit) if limit is not None and limit < _UNSET_MAX_LENGTH else None
         self.pad_id, self.unk_id, self.cls_id = (self._special_id(settings, key)
                                                  for key in ("pad_token", "unk_token", "cls_token"))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_windowers": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._backend.encode_special_tokens = self._split_special
 
     def _special_id(self, settings: dict, key: str) -> int | None:
         token = settings.get(key)
@@ -118,20 +145,21 @@ class Tokenizer:
             _check_strings("pairs", pairs)
             if len(pairs) != len(texts):
                 raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs: expected one pair per text")
-            self._check_first_texts(texts, max_length - specials, stride)
+            self._check_first_texts(texts, pairs, max_length - specials, stride)
             inputs, strategy = list(zip(texts, pairs)), "only_second"
         if not inputs:
             return []
         encodings = self._windower(max_length, stride, strategy).encode_batch(inputs, add_special_tokens=True)
-        return [[_to_window(e) for e in (enc, *enc.overflowing)] for enc in encodings]
+        return [[_to_window(e, self.type_ids) for e in (enc, *enc.overflowing)] for enc in encodings]
 
-    def _check_first_texts(self, firsts: Sequence[str], room: int, stride: int) -> None:
-        # The Rust truncation panics (not a Python error) when the second text gets <= stride tokens.
+    def _check_first_texts(self, firsts: Sequence[str], seconds: Sequence[str], room: int, stride: int) -> None:
+        # The Rust truncation panics (not a Python error) when a pair must be cut and the second
+        # text would get <= stride tokens per window; a pair that fits needs no room for a stride.
         unique = list(dict.fromkeys(firsts))
-        lengths = dict(zip(unique, (len(e.ids) for e in self._backend.encode_batch(unique, add_special_tokens=False))))
+        lengths = dict(zip(unique, _lengths(self._backend, unique)))
         for index, first in enumerate(firsts):
             usable = room - lengths[first]
-            if usable <= stride:
+            if usable <= stride and _lengths(self._backend, [seconds[index]])[0] > usable:
                 raise WindowError(
                     index,
                     f"pair {index}: the first text has {lengths[first]} tokens, leaving {usable} per window for"
@@ -144,7 +172,8 @@ class Tokenizer:
         key = (max_length, stride, strategy)
         if key not in self._windowers:
             windower = RustTokenizer.from_str(self._backend.to_str())
-            windower.enable_truncation(max_length, stride=stride, strategy=strategy, direction="right")
+            windower.encode_special_tokens = self._split_special
+            windower.enable_truncation(max_length, stride=stride, strategy=strategy, direction=self.truncation_side)
             self._windowers[key] = windower
         return self._windowers[key]
 
@@ -158,10 +187,10 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
         _read_json(folder / "config.json").get("model_type"), ""
     )
     family = class_name.removesuffix("Fast").removesuffix("Tokenizer")
-    stored_padding = None
+    stored_padding = stored_truncation = None
     if (folder / "tokenizer.json").is_file():
         backend = RustTokenizer.from_file(str(folder / "tokenizer.json"))
-        stored_padding = backend.padding
+        stored_padding, stored_truncation = backend.padding, backend.truncation
         specials = _special_tokens(folder, settings, family)
     elif (folder / "vocab.txt").is_file():
         family = "Bert"
@@ -177,10 +206,15 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
         )
     _apply_fast_class_edits(backend, settings, family)
     _add_special_tokens(backend, settings, specials)
-    backend.encode_special_tokens = bool(settings.get("split_special_tokens", False))
-    if "pad_token" not in specials and stored_padding:
-        specials["pad_token"] = stored_padding["pad_token"]
-    return Tokenizer(backend, {**settings, **specials})
+    # As PreTrainedTokenizerFast: tokenizer_config.json's sides and pad token, else those stored in the
+    # tokenizer.json (whose lengths never cap our windows).
+    default_inputs = ["input_ids", "attention_mask"] + ([] if family in _NO_TYPE_IDS else ["token_type_ids"])
+    stored = {"model_input_names": default_inputs}
+    if stored_truncation:
+        stored["truncation_side"] = stored_truncation["direction"]
+    if stored_padding:
+        stored.update(padding_side=stored_padding["direction"], pad_token=stored_padding["pad_token"])
+    return Tokenizer(backend, {**stored, **settings, **specials})
 
 
 def _wordpiece(folder: Path, settings: dict, specials: dict) -> RustTokenizer:
@@ -222,21 +256,24 @@ def _byte_level_bpe(folder: Path, settings: dict, specials: dict) -> RustTokeniz
     return backend
 
 
+def _bert_settings(settings: dict) -> dict:
+    return {"handle_chinese_chars": bool(settings.get("tokenize_chinese_chars", True)),
+            "strip_accents": settings.get("strip_accents"), "lowercase": bool(settings.get("do_lower_case", True))}
+
+
 def _bert_normalizer(settings: dict) -> normalizers.BertNormalizer:
-    return normalizers.BertNormalizer(
-        clean_text=True,
-        handle_chinese_chars=bool(settings.get("tokenize_chinese_chars", True)),
-        strip_accents=settings.get("strip_accents"),
-        lowercase=bool(settings.get("do_lower_case", True)),
-    )
+    return normalizers.BertNormalizer(clean_text=True, **_bert_settings(settings))
 
 
 def _apply_fast_class_edits(backend: RustTokenizer, settings: dict, family: str) -> None:
     """What the fast classes' __init__ changes in a backend, with the classes' own defaults."""
     if family in _BERT_LIKE and backend.normalizer is not None:
+        # A stored normaliser with other case / accent / Chinese settings is rebuilt with the config's
+        # (its other fields, e.g. clean_text, kept).
         state = json.loads(backend.normalizer.__getstate__())
-        if state["type"] == "BertNormalizer":
-            backend.normalizer = _bert_normalizer(settings)
+        wanted = _bert_settings(settings)
+        if any(key in state and state[key] != value for key, value in wanted.items()):
+            backend.normalizer = getattr(normalizers, state.pop("type"))(**{**state, **wanted})
     if family in _ROBERTA_LIKE and backend.post_processor is not None:
         state = json.loads(backend.post_processor.__getstate__())
         if "add_prefix_space" in state or "trim_offsets" in state:
@@ -258,29 +295,46 @@ def _apply_fast_class_edits(backend: RustTokenizer, settings: dict, family: str)
 
 def _special_tokens(folder: Path, settings: dict, family: str) -> dict:
     """Class defaults < tokenizer_config.json < special_tokens_map.json, as from_pretrained merges them."""
-    specials = dict(_BERT_SPECIALS if family in _BERT_LIKE else _ROBERTA_SPECIALS if family in _ROBERTA_LIKE else {})
+    roberta_layout = family in _ROBERTA_LIKE or family in _MASK_LSTRIP
+    specials = dict(_BERT_SPECIALS if family in _BERT_LIKE else _ROBERTA_SPECIALS if roberta_layout else {})
+    if family == "Camembert":
+        specials["additional_special_tokens"] = _CAMEMBERT_EXTRA
     for source in (settings, _read_json(folder / "special_tokens_map.json")):
         specials.update({k: v for k, v in source.items() if k in _SPECIAL_KEYS and v is not None})
         if source.get("additional_special_tokens"):
             specials["additional_special_tokens"] = source["additional_special_tokens"]
-    if family in _ROBERTA_LIKE and isinstance(specials.get("mask_token"), str):
-        specials["mask_token"] = {"content": specials["mask_token"], **_ROBERTA_MASK}
+    if roberta_layout and isinstance(specials.get("mask_token"), str):
+        specials["mask_token"] = {"content": specials["mask_token"], **_MASK_LSTRIP.get(family, _ROBERTA_MASK)}
     return specials
 
 
 def _add_special_tokens(backend: RustTokenizer, settings: dict, specials: dict) -> None:
-    """As PreTrainedTokenizerFast.__init__: added_tokens_decoder by index, then missing special tokens."""
+    """As PreTrainedTokenizerFast.__init__: tokenizer_config.json's added_tokens_decoder by index (an
+    entry whose flags differ from the backend's token of that content replaces it), then the special
+    tokens the backend lacks."""
     decoder = settings.get("added_tokens_decoder") or {}
-    tokens = [_added_token(decoder[k], special=None) for k in sorted(decoder, key=int)]
     values = [specials[k] for k in _SPECIAL_KEYS if k in specials] + list(specials.get("additional_special_tokens", []))
-    tokens += [_added_token(v, special=True) for v in values]
-    present = {t.content for t in backend.get_added_tokens_decoder().values()}
     special_contents = {_content(v) for v in values}
-    for token in tokens:
-        if token.content not in present:
-            token.special = token.special or token.content in special_contents
+    present = {t.content: _flags(t) for t in backend.get_added_tokens_decoder().values()}
+    for key in sorted(decoder, key=int):
+        token = _added_token(decoder[key], special=None)
+        token.special = token.special or token.content in special_contents
+        if present.get(token.content) != _flags(token):
             backend.add_tokens([token])
-            present.add(token.content)
+            present[token.content] = _flags(token)
+    for value in values:
+        token = _added_token(value, special=True)
+        if token.content not in present:
+            backend.add_tokens([token])
+            present[token.content] = _flags(token)
+
+
+def _flags(token: AddedToken) -> tuple:
+    return token.content, token.single_word, token.lstrip, token.rstrip, token.normalized, token.special
+
+
+def _lengths(backend: RustTokenizer, texts: Sequence[str]) -> list[int]:
+    return [len(e.ids) for e in backend.encode_batch(list(texts), add_special_tokens=False)]
 
 
 def _added_token(value: str | dict, special: bool | None) -> AddedToken:
@@ -302,13 +356,13 @@ def _vocab_id(vocab: dict[str, int], token: str, path: Path) -> int:
     return vocab[token]
 
 
-def _to_window(encoding) -> Window:
+def _to_window(encoding, type_ids: bool) -> Window:
     n = len(encoding.ids)
     # Flattening the offset tuples first is about twice as fast as np.array on the list of tuples.
     offsets = np.fromiter(chain.from_iterable(encoding.offsets), np.int32, 2 * n).reshape(n, 2)
     return Window(
         ids=np.array(encoding.ids, dtype=np.int32),
-        type_ids=np.array(encoding.type_ids, dtype=np.int8),
+        type_ids=np.array(encoding.type_ids, dtype=np.int8) if type_ids else np.zeros(n, dtype=np.int8),
         offsets=offsets,
         sequence_ids=np.array([-1 if s is None else s for s in encoding.sequence_ids], dtype=np.int8),
         word_ids=np.array([-1 if w is None else w for w in encoding.word_ids], dtype=np.int32),

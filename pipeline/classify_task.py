@@ -66,7 +66,7 @@ def _feed(config, model: ModelInfo) -> Feed:
 
 def _decode_spec(config, model: ModelInfo) -> StageSpec:
     return StageSpec(ClassifyDecode, ClassifyDecodeConfig(
-        model.id2label, _problem_type(model.folder), config.text_column, config.function_to_apply,
+        model.id2label, _problem_type(model.local), config.text_column, config.function_to_apply,
         config.effective_top_k, config.window_aggregation))
 
 

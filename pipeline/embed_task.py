@@ -3,7 +3,8 @@
 Pooling and normalisation come from the model's sentence-transformers modules (`--pooling`,
 `--normalize/--no-normalize` override them). The default `--max-length` is the folder's
 `sentence_bert_config.json` `max_seq_length` (256 for all-MiniLM-L6-v2), as sentence-transformers
-truncates; the truncation stored inside `tokenizer.json` (128 there) is never used.
+truncates; the truncation stored inside `tokenizer.json` (128 there) is never used. Its
+`do_lower_case` lowercases every text before the tokenizer, as sentence-transformers does.
 `--long-text truncate` embeds the first window only (only that window is sent to the model);
 `mean` embeds every window and takes their token-weighted mean (`embed_decode.combine_windows`).
 """
@@ -89,14 +90,15 @@ def model_pooling(config, folder: str) -> tuple[tuple[str, ...], bool]:
 
 
 def _feed(config, model: ModelInfo) -> Feed:
-    from models.sentence_transformers import max_seq_length
+    from models.sentence_transformers import do_lower_case, max_seq_length
 
-    if config.max_length is None and max_seq_length(Path(model.folder)):
-        config = config.model_copy(update={"max_length": min(max_seq_length(Path(model.folder)), model.max_tokens)})
+    if config.max_length is None and max_seq_length(Path(model.local)):
+        config = config.model_copy(update={"max_length": min(max_seq_length(Path(model.local)), model.max_tokens)})
     max_length = resolve_max_length(config, model)
     stage = FirstWindowTokenize if config.long_text == "truncate" else Tokenize
-    tokenize = TokenizeConfig(model.folder, config.text_column, None, max_length, config.stride)
-    _, normalize = model_pooling(config, model.folder)
+    tokenize = TokenizeConfig(model.folder, config.text_column, None, max_length, config.stride,
+                              lowercase=do_lower_case(Path(model.local)))
+    _, normalize = model_pooling(config, model.local)
     options = (("pooling", config.pooling), ("normalize", normalize))
     return Feed(StageSpec(stage, tokenize), max_length, model_options=options)
 
@@ -104,12 +106,12 @@ def _feed(config, model: ModelInfo) -> Feed:
 def _dim(config, model: ModelInfo) -> int:
     from models.checkpoint import read_config
 
-    modes, _ = model_pooling(config, model.folder)
-    return read_config(Path(model.folder))[1].hidden_size * len(modes)
+    modes, _ = model_pooling(config, model.local)
+    return read_config(Path(model.local))[1].hidden_size * len(modes)
 
 
 def _decode_spec(config, model: ModelInfo) -> StageSpec:
-    _, normalize = model_pooling(config, model.folder)
+    _, normalize = model_pooling(config, model.local)
     return StageSpec(EmbedDecode, EmbedDecodeConfig(_dim(config, model), config.text_column, config.long_text,
                                                     normalize, config.embedding_dtype))
 

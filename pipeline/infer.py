@@ -16,10 +16,11 @@ import logging
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.arrow_nested import flat_lengths, flatten, nest, ragged, split_rows
 from pipeline.cores import NodeCores
-from pipeline.stage import OUTPUTS, STAT_PREFIX, WINDOWS, Stage, Timer, add_seconds, set_column
+from pipeline.stage import OUTPUTS, STAT_PREFIX, WINDOWS, Stage, Timer, add_seconds, set_column, with_errors
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")   # int8: CPU dynamic quantisation
@@ -168,6 +169,7 @@ class Infer(Stage):
 
     def __call__(self, table: pa.Table) -> pa.Table:
         with Timer() as timer, self.cores.busy() if self.cores else contextlib.nullcontext():
+            table = self._refuse_unknown_ids(table)
             windows_column = table.column(WINDOWS)
             windows_per_doc = flat_lengths(windows_column)
             windows = flatten(windows_column)
@@ -185,6 +187,34 @@ class Infer(Stage):
             if self.device == "cpu":
                 release_free_memory()
         return add_seconds(table, self.name, timer.seconds)
+
+    def _refuse_unknown_ids(self, table: pa.Table) -> pa.Table:
+        """Documents with a token id past the model's embeddings (a tokenizer with tokens added after the
+        model was saved, or another model's tokenizer) or a token type past its type embeddings become
+        error rows: in a forward they would fail the whole batch."""
+        windows_column = table.column(WINDOWS)
+        windows = flatten(windows_column)
+        checks = [("ids", self.model.config.vocab_size, "token id {} is past the model's vocabulary of {} tokens")]
+        if self.model.uses_token_type_ids:
+            checks.append(("type_ids", max(self.model.config.type_vocab_size, 1),
+                           "token type {} is past the model's {} token types"))
+        errors: dict[int, tuple[str, str, str]] = {}
+        for field, limit, message in checks:
+            values = flatten(windows.field(field)).to_numpy()
+            if values.max(initial=0) < limit:
+                continue
+            doc_of_window = np.repeat(np.arange(table.num_rows), flat_lengths(windows_column))
+            doc_of_token = np.repeat(doc_of_window, flat_lengths(windows.field(field)))
+            for row in np.unique(doc_of_token[values >= limit]):
+                worst = int(values[doc_of_token == row].max())
+                errors.setdefault(int(row), (self.name, "ValueError",
+                                             message.format(worst, limit) + ": the tokenizer does not match the model"))
+        if not errors:
+            return table
+        bad = np.zeros(table.num_rows, dtype=bool)
+        bad[list(errors)] = True
+        table = set_column(table, WINDOWS, pc.if_else(pa.array(bad), pa.scalar(None, windows_column.type), windows_column))
+        return with_errors(table, errors)
 
     def _run(self, ids: list[np.ndarray], type_ids: list[np.ndarray], lengths: np.ndarray):
         """Per window (in input order): the output rows as a list<fixed_size_list<float32>> array, padded length.

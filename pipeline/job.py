@@ -39,11 +39,12 @@ from schemas import results
 class ModelInfo:
     """What the driver reads from the checkpoint without loading weights."""
 
-    folder: str
+    folder: str                     # what the stages get: a local path, or the URL each node copies from
     id2label: tuple[str, ...]
     fingerprint: str
     max_tokens: int                 # longest window the position embeddings allow
     weight_bytes: int = 0           # size of the weight files (what one model actor holds, roughly)
+    local: str = ""                 # the driver's local copy, for what the plan reads (tokenizer, configs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,15 +114,14 @@ def inspect_model(folder: str) -> ModelInfo:
     offset = config.pad_token_id + 1 if family.roberta_positions and config.pad_token_id is not None else 0
     # Stages get the URL of a remote model (each node resolves it to its own cached copy).
     return ModelInfo(folder if is_remote(folder) else str(path), tuple(config.labels), fingerprint(files),
-                     config.max_position_embeddings - offset, sum(f.stat().st_size for f in files))
+                     config.max_position_embeddings - offset, sum(f.stat().st_size for f in files), str(path))
 
 
 def resolve_max_length(config: JobConfig, model: ModelInfo) -> int:
     """--max-length, else the tokenizer's model_max_length, never beyond the position embeddings."""
     from models import load_tokenizer
-    from models.remote import local_model_folder
 
-    tokenizer = load_tokenizer(local_model_folder(model.folder))
+    tokenizer = load_tokenizer(model.local)
     limit = min(tokenizer.model_max_length or model.max_tokens, model.max_tokens)
     max_length = config.max_length or limit
     if max_length > model.max_tokens:

@@ -82,9 +82,11 @@ def combine(tasks: list[TaskStages]) -> tuple[StageSpec, StageSpec, StageSpec]:
 
 
 def tokenizer_fingerprint(folder: str) -> str:
-    digest = hashlib.sha256()
+    from models.remote import local_model_folder
+
+    local, digest = local_model_folder(folder), hashlib.sha256()   # a model on object storage: its copy here
     for name in TOKENIZER_FILES:
-        path = Path(folder) / name
+        path = Path(local) / name
         if path.is_file():
             digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()

@@ -88,9 +88,11 @@ class QaDecode(DocumentDecode):
 
 def _feed(config, model: ModelInfo) -> Feed:
     from models import load_tokenizer
-    from models.remote import local_model_folder
 
-    tokenizer = load_tokenizer(local_model_folder(model.folder))
+    tokenizer = load_tokenizer(model.local)
+    if tokenizer.padding_side == "left":
+        raise UsageError(f"--model {config.model!r}: its tokenizer pads on the left (padding_side), for which the HF "
+                         "question-answering pipeline puts the context before the question; not supported")
     limit = min(tokenizer.model_max_length or model.max_tokens, model.max_tokens)
     try:
         max_length, stride = window_params(config.max_length, config.doc_stride, config.max_question_len, limit)
@@ -106,9 +108,8 @@ def _feed(config, model: ModelInfo) -> Feed:
 
 def _decode_spec(config, model: ModelInfo) -> StageSpec:
     from models import load_tokenizer
-    from models.remote import local_model_folder
 
-    return StageSpec(QaDecode, QaDecodeConfig(load_tokenizer(local_model_folder(model.folder)).cls_id, config.text_column,
+    return StageSpec(QaDecode, QaDecodeConfig(load_tokenizer(model.local).cls_id, config.text_column,
                                               config.top_k, config.max_answer_len, config.handle_impossible_answer))
 
 

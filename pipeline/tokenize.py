@@ -40,6 +40,7 @@ class TokenizeConfig:
     pair_column: str | None = None  # second text (text pairs, QA contexts)
     max_length: int = 512
     stride: int = 0
+    lowercase: bool = False         # str.lower() every text first (sentence_bert_config.json's do_lower_case)
 
 
 class Tokenize(Stage):
@@ -68,6 +69,9 @@ class Tokenize(Stage):
             pairs = None
             if self.config.pair_column:
                 pairs = table.column(self.config.pair_column).take(positions).to_pylist()
+            if self.config.lowercase:
+                texts = [t.lower() if isinstance(t, str) else t for t in texts]
+                pairs = pairs and [t.lower() if isinstance(t, str) else t for t in pairs]
             per_doc, failures = self._encode(texts, pairs)
             docs: list[list] = [[] for _ in range(table.num_rows)]
             for position, windows in zip(positions, per_doc):

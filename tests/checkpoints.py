@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from tokenizers import ByteLevelBPETokenizer
+from tokenizers import ByteLevelBPETokenizer, SentencePieceUnigramTokenizer, processors
 
 FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "convbert")
 HEADS = ("base", "ner", "classify", "qa")
@@ -66,6 +66,24 @@ def write_bpe_tokenizer(folder: Path) -> transformers.PreTrainedTokenizerFast:
     tok = transformers.RobertaTokenizerFast(
         vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"), model_max_length=512
     )
+    tok.save_pretrained(folder)
+    return tok
+
+
+def write_unigram_tokenizer(folder: Path, texts: list[str] | None = None,
+                            cls: str = "XLMRobertaTokenizerFast") -> transformers.PreTrainedTokenizerFast:
+    """A SentencePiece Unigram tokenizer laid out as XLM-R's and CamemBERT's (such folders come with a
+    tokenizer.json only): `<s> A </s>`, pairs `<s> A </s></s> B </s>`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    unigram = SentencePieceUnigramTokenizer()
+    unigram.train_from_iterator(texts or [_SAMPLE_TEXT, " ".join(_WORDS)] * 4, vocab_size=200, unk_token="<unk>",
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    backend = unigram._tokenizer
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    backend.save(str(folder / "tokenizer.json"))
+    tok = getattr(transformers, cls)(tokenizer_file=str(folder / "tokenizer.json"), model_max_length=512)
     tok.save_pretrained(folder)
     return tok
 
@@ -141,7 +159,12 @@ def make_checkpoint(
     folder = Path(folder)
     tok = None
     if tokenizer:
-        tok = write_bpe_tokenizer(folder) if family in ("roberta", "xlm-roberta", "camembert") else write_wordpiece_tokenizer(folder)
+        if family == "roberta":
+            tok = write_bpe_tokenizer(folder)
+        elif family in ("xlm-roberta", "camembert"):
+            tok = write_unigram_tokenizer(folder, cls=f"{_CONFIG[family].removesuffix('Config')}TokenizerFast")
+        else:
+            tok = write_wordpiece_tokenizer(folder)
     vocab_size = max(len(tok) if tok is not None else 0, 120)
     config = tiny_config(family, head, vocab_size, **config_overrides)
     torch.manual_seed(seed)
@@ -166,6 +189,23 @@ def _randomise_norms(model: torch.nn.Module) -> None:
             if isinstance(module, torch.nn.LayerNorm):
                 module.weight.copy_(1 + 0.1 * torch.randn(module.weight.shape, generator=g))
                 module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=g))
+
+
+def write_sentence_transformers_files(folder: Path, pooling: str, normalize: bool, **bert_config) -> None:
+    """modules.json (Transformer, Pooling, optionally Normalize), the pooling config, and
+    sentence_bert_config.json when `bert_config` has entries (max_seq_length, do_lower_case)."""
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    modes = {f"pooling_mode_{m}": pooling == name for m, name in
+             [("cls_token", "cls"), ("mean_tokens", "mean"), ("max_tokens", "max")]}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **modes}))
+    if bert_config:
+        (folder / "sentence_bert_config.json").write_text(json.dumps(bert_config))
 
 
 def read_json(path: Path) -> dict:

@@ -7,12 +7,17 @@ padding leak into ConvBERT's convolution branch, and ours must not (see the inva
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
-from checkpoints import FAMILIES, HEADS, NER_LABELS, make_checkpoint, random_batch
+from checkpoints import (
+    FAMILIES,
+    HEADS,
+    NER_LABELS,
+    make_checkpoint,
+    random_batch,
+    write_sentence_transformers_files,
+)
 
 from models import load_model
 
@@ -148,19 +153,6 @@ def test_embed_pooling(tmp_path, pooling, normalize):
     assert (ours - expected).abs().max().item() <= ATOL
     if normalize:
         assert torch.allclose(ours.norm(dim=-1), torch.ones(len(LENGTHS)), atol=1e-5)
-
-
-def write_sentence_transformers_files(folder, pooling: str, normalize: bool) -> None:
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
-                        "type": "sentence_transformers.models.Normalize"})
-    (folder / "modules.json").write_text(json.dumps(modules))
-    (folder / "1_Pooling").mkdir()
-    modes = {f"pooling_mode_{m}": pooling == name for m, name in
-             [("cls_token", "cls"), ("mean_tokens", "mean"), ("max_tokens", "max")]}
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **modes}))
 
 
 @pytest.mark.parametrize(("pooling", "normalize"), [("mean", True), ("cls", False), ("max", True)])

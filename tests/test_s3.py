@@ -16,14 +16,18 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from tests.checkpoints import make_checkpoint
+from pipeline.config import MultiConfig
+from pipeline.multi_task import multi_task
+from tests.checkpoints import make_checkpoint, write_sentence_transformers_files
 from tests.s3_server import FaultProxy, MotoS3
+from tests.task_runs import CLASSIFY_HEADS, annotate, scaled_checkpoint, write_task_corpus
 
 pytestmark = [pytest.mark.s3, pytest.mark.timeout(900)]
 
@@ -212,3 +216,34 @@ def test_storage_options_merge_over_the_retry_defaults_and_never_print() -> None
     config = NerConfig(input="s3://b/in", output="s3://b/out", model="s3://b/m", storage_options=text)
     assert config.storage.as_dict()["secret"] == FLAG_SECRET
     assert FLAG_SECRET not in repr(config) and FLAG_SECRET not in json.dumps(config.model_dump(), default=str)
+
+
+def test_task_plans_read_a_remote_models_files_from_its_local_copy(s3, tmp_path: Path, monkeypatch) -> None:
+    """A classifier's problem type, an embedder's sentence-transformers files and each task's own
+    tokenizer come from the copy of a model on S3 as they do from a local folder (the plans' stages,
+    without Ray)."""
+    server, _ = s3
+    local = tmp_path / "models"
+    scaled_checkpoint(local / "classify", "bert", "classify", 8.0, **CLASSIFY_HEADS["multi"])
+    embed, _ = make_checkpoint(local / "embed", "roberta", "base")
+    write_sentence_transformers_files(embed, "cls", True, max_seq_length=24, do_lower_case=True)
+    fs = client(server.endpoint)
+    for name in ("classify", "embed"):
+        fs.put(str(local / name), f"{BUCKET}/plan-models/{name}", recursive=True)
+    for key, value in aws_env(server.endpoint, tmp_path).items():
+        monkeypatch.setenv(key, value)
+    corpus = write_task_corpus(tmp_path / "corpus")
+
+    def run(folder) -> dict:
+        tasks = {"topics": {"task": "classify", "model": folder("classify"), "top_k": 4},
+                 "vector": {"task": "embed", "model": folder("embed")}}
+        return annotate(*multi_task(MultiConfig(input=str(corpus), output=str(tmp_path / "out"), tasks=tasks)))
+
+    remote = run(lambda name: f"s3://{BUCKET}/plan-models/{name}")
+    here = run(lambda name: str(local / name))
+    assert remote.keys() == here.keys() and len(here) > 5
+    for doc_id, row in here.items():
+        got = remote[doc_id]
+        assert [s["label"] for s in got["topics"]["scores"]] == [s["label"] for s in row["topics"]["scores"]]
+        np.testing.assert_allclose(got["vector"]["embedding"], row["vector"]["embedding"], atol=1e-6)
+        assert abs(np.linalg.norm(row["vector"]["embedding"]) - 1) < 1e-5   # the folder's Normalize module

