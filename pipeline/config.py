@@ -140,6 +140,8 @@ class QaConfig(JobConfig):
     def _one_question(self):
         if (self.question is None) == (self.question_column is None):
             raise ValueError("give exactly one of --question TEXT and --question-column COLUMN")
+        if self.question == "":
+            raise ValueError("--question '': the question is empty (the HF pipeline refuses one too)")
         if self.stride:
             raise ValueError(f"stride={self.stride}: question answering windows with --doc-stride")
         if self.question_column is not None and self.question_column.startswith("_"):

@@ -19,7 +19,7 @@ from pipeline.cli import UsageError
 from pipeline.doc_decode import DecodeWindow, DocumentDecode
 from pipeline.job import Feed, ModelInfo, Task
 from pipeline.qa_decode import QaWindow, decode_answers, window_params
-from pipeline.stage import ERROR, Stage, StageSpec
+from pipeline.stage import ERROR, Stage, StageSpec, with_errors
 from pipeline.tokenize import Tokenize, TokenizeConfig
 from schemas.results import task_fields
 
@@ -54,6 +54,10 @@ class QaTokenize(Stage):
 
     def __call__(self, table: pa.Table) -> pa.Table:
         if self.config.question_column:
+            # The HF pipeline refuses an empty question; a null one fails in the tokenizer.
+            questions = table.column(self.config.question_column).to_pylist()
+            table = with_errors(table, {row: (self.name, "empty_question", "the question is empty")
+                                        for row, question in enumerate(questions) if question == ""})
             return self.inner(table)
         table = table.append_column(QUESTION, pa.array([self.config.question] * table.num_rows, pa.string()))
         return self.inner(table).drop_columns([QUESTION])

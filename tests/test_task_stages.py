@@ -147,6 +147,24 @@ def test_qa_refuses_a_tokenizer_that_pads_on_the_left(corpus, tmp_path):
         annotate(QaConfig(model=str(folder), question=QUESTION, **common(corpus, tmp_path)), QA_TASK)
 
 
+def test_qa_empty_question_is_an_error_row_as_hf_refuses_it(tmp_path):
+    import pyarrow as pa
+
+    from pipeline.cli import parse_config
+    from pipeline.qa_task import QaTokenize, QaTokenizeConfig
+    from pipeline.stage import ERROR, ERROR_TYPE, WINDOWS
+
+    folder, _ = make_checkpoint(tmp_path / "model", "bert", "qa")
+    stage = QaTokenize(QaTokenizeConfig(str(folder), "text", "question", None, max_length=48, stride=16))
+    out = stage(pa.table({"text": ["John works in Paris."] * 3, "question": ["", "Who?", " "],
+                          ERROR: pa.nulls(3, ERROR_TYPE)}))
+    errors = out.column(ERROR).to_pylist()
+    assert errors[0]["error"] == "empty_question" and errors[1] is None and errors[2] is None
+    assert out.column(WINDOWS)[0].as_py() is None and len(out.column(WINDOWS)[1].as_py()) == 1
+    with pytest.raises(UsageError, match="the question is empty"):
+        parse_config(QaConfig, ["--input", "i", "--output", "o", "--model", "m", "--question", ""], "qa_corpus.py", "")
+
+
 # ---- embeddings -----------------------------------------------------------------------------------
 
 
