@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from importlib import metadata
 
+import pyarrow as pa
+
 from pipeline.cli import UsageError
 from pipeline.config import JobConfig
 from pipeline.infer import Infer, InferConfig
@@ -149,12 +151,28 @@ def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
             required.append(("--partition-by", config.partition_by))
         check_columns(schema, [*required, *feed.columns])
         check_text_column(schema, config.text_column)
+        for flag, column in feed.columns:
+            check_text_column(schema, column, flag)
+        for flag, column in required[:1] + required[2:]:
+            if "view" in str(schema.field(column).type):
+                raise InputError(f"{flag} {column!r} has type {schema.field(column).type}, which the output cannot "
+                                 "take; write it as string / binary / list")
     except (InputError, ValueError) as error:
         raise UsageError(str(error)) from None
 
-    keep_fields = tuple(schema.field(c) for c in config.result_columns[1:])
+    texts = {config.text_column, *(c for _, c in feed.columns)}   # validated and kept as strings
+    # Kept columns are nullable: another shard may hold nulls where the first declares none.
+    keep_fields = tuple((schema.field(c).with_type(pa.string()) if c in texts else schema.field(c)).with_nullable(True)
+                        for c in config.result_columns[1:])
     task_fields = task.fields(config, model) if task.fields else None
     result_schema = results.result_schema(task.name, schema.field(config.id_column), keep_fields, task_fields)
+    clashes = sorted({n for n in result_schema.names if result_schema.names.count(n) > 1})
+    if clashes:
+        raise UsageError(f"result columns {clashes} would appear twice: an input column kept (--id-column, "
+                         f"--keep-columns, --partition-by) has the name of a result column; rename it")
+    if config.id_column in {f.name for f in results.ERROR_COLUMNS}:
+        raise UsageError(f"--id-column {config.id_column!r} has the name of a column of _errors "
+                         f"({', '.join(f.name for f in results.ERROR_COLUMNS)}); rename it")
     sink = SinkConfig(
         output=config.output, result_schema=result_schema,
         errors_schema=results.errors_schema(schema.field(config.id_column)), id_column=config.id_column,
@@ -164,7 +182,8 @@ def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
     plan = Plan(
         files=files,
         read=ReadFile(files, read_columns),
-        validate=StageSpec(ValidateText, ValidateConfig(config.id_column, config.text_column, config.max_chars)),
+        validate=StageSpec(ValidateText, ValidateConfig(config.id_column, config.text_column, config.max_chars,
+                                                        tuple(dict.fromkeys(c for _, c in feed.columns)))),
         tokenize=feed.tokenize,
         infer=feed.infer or StageSpec(Infer, InferConfig(model.folder, task.model_task, config.batch_tokens,
                                                          config.device, config.dtype,

@@ -3,7 +3,11 @@
 The unit of reading is one file: `ReadFile` streams it in blocks of at most `block_rows` rows,
 and every row carries `_file` (index in the sorted file list), `_source` (its path) and `_row`
 (its row number in that file), so any output or error row can be traced back to its input.
-Hive folder names (`date=2026-01-01/`) become string columns unless the file has that column.
+Hive folder names (`date=2026-01-01/`) become string columns unless the file has that column; their
+values are URL-decoded and `__HIVE_DEFAULT_PARTITION__` is null, as pyarrow and DuckDB read them.
+A folder's files are all its files below it but `_`- and `.`-prefixed ones (whatever their suffix,
+as Spark and `pyarrow.dataset` take them: Hive writes `000000_0`); one that is not Parquet becomes
+an `unreadable_file` error row, never a silent skip.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import dataclasses
 import itertools
 import time
 from collections.abc import Iterator
+from urllib.parse import unquote
 
 import fsspec
 import numpy as np
@@ -23,6 +28,7 @@ from pipeline.ledger import committed_mask
 from pipeline.stage import ERROR, ERROR_TYPE, FILE_INDEX, ROW, SOURCE
 
 GLOB_CHARS = "*?["
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"   # Hive's folder name for a null value
 READ_ATTEMPTS = 3           # reads of a row group before its rows become `corrupt_data` error rows
 
 
@@ -43,11 +49,12 @@ class InputFiles:
         """The path as a user would write it: with its protocol for remote filesystems."""
         return path if _is_local(self.fs) else self.fs.unstrip_protocol(path)
 
-    def partition_values(self, path: str) -> dict[str, str]:
-        """`key=value` folder names between the input root and the file."""
+    def partition_values(self, path: str) -> dict[str, str | None]:
+        """`key=value` folder names between the input root and the file (values URL-decoded)."""
         relative = path[len(self.root):] if path.startswith(self.root) else path
         parts = relative.strip("/").split("/")[:-1]
-        return dict(part.split("=", 1) for part in parts if "=" in part and not part.startswith("="))
+        pairs = (part.split("=", 1) for part in parts if "=" in part and not part.startswith("="))
+        return {unquote(key): None if value == NULL_PARTITION else unquote(value) for key, value in pairs}
 
     def schema(self, index: int = 0) -> pa.Schema:
         """A file's schema (the first file's by default) plus its hive partition keys (as strings)."""
@@ -71,7 +78,7 @@ def _hidden(path: str, root: str) -> bool:
 
 
 def list_input_files(uri: str) -> InputFiles:
-    """Expand a file, a folder (recursively) or a glob into sorted `.parquet` files."""
+    """Expand a file, a folder (recursively: every file not hidden) or a glob into sorted files."""
     fs, path = fsspec.core.url_to_fs(uri)
     if any(ch in path for ch in GLOB_CHARS):
         first_glob = min(path.index(ch) for ch in GLOB_CHARS if ch in path)
@@ -79,14 +86,14 @@ def list_input_files(uri: str) -> InputFiles:
         found = [p for p in fs.glob(path) if fs.isfile(p)]
     elif fs.isdir(path):
         root = path
-        found = [p for p in fs.find(path) if p.endswith(".parquet")]
+        found = fs.find(path)
     elif fs.exists(path):
         root, found = path.rsplit("/", 1)[0], [path]
     else:
         raise InputError(f"--input {uri!r}: no such file or folder")
     paths = tuple(sorted(p for p in found if not _hidden(p, root)))
     if not paths:
-        raise InputError(f"--input {uri!r}: no .parquet files found")
+        raise InputError(f"--input {uri!r}: no input files found (`_`- and `.`-prefixed ones are not data)")
     return InputFiles(uri=uri, fs=fs, root=root.rstrip("/"), paths=paths)
 
 
@@ -212,7 +219,7 @@ class ReadFile:
                          ERROR_TYPE)
         return table.append_column(ERROR, error)
 
-    def _with_provenance(self, table: pa.Table, partitions: dict[str, str], file_index: int,
+    def _with_provenance(self, table: pa.Table, partitions: dict[str, str | None], file_index: int,
                          source: str, first_row: int) -> pa.Table:
         n = table.num_rows
         for column in self.columns:

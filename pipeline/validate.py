@@ -7,7 +7,10 @@ other row (ids are copied, never used as keys: `_source` + `_row` identify a row
 Error rows (`error` in `_errors`): `null_text`; `text_type` (the text column is neither string
 nor binary); `invalid_utf8` (bytes that are not UTF-8, lone surrogates included: Arrow strings
 are UTF-8, so a lone surrogate can only arrive as invalid bytes); `text_too_long` (more than
-`max_chars` code points); `null_id`. A binary text column holding valid UTF-8 is annotated.
+`max_chars` code points); `null_id`. A binary text column holding valid UTF-8 is annotated, and so
+are dictionary-encoded (a pandas Categorical) and view columns. The second texts of a task (a
+classifier's text pair, QA's question column) are decoded the same way; a null one is `null_text`
+naming its column (their length is the tokenizer's to judge).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class ValidateConfig:
     id_column: str = "id"
     text_column: str = "text"
     max_chars: int = 100_000
+    second_texts: tuple[str, ...] = ()      # text pair / question columns
 
 
 class ValidateText(Stage):
@@ -36,7 +40,7 @@ class ValidateText(Stage):
 
     @classmethod
     def declare(cls, config: ValidateConfig):
-        return (config.id_column, config.text_column, ERROR), (), ()
+        return (config.id_column, config.text_column, *config.second_texts, ERROR), (), ()
 
     def __call__(self, table: pa.Table) -> pa.Table:
         column = self.config.text_column
@@ -54,25 +58,38 @@ class ValidateText(Stage):
         else:
             message = f"text column {column!r} has type {text.type}; expected string"
             errors = {i: (self.name, "text_type", message) for i in range(table.num_rows)}
+        for second in self.config.second_texts:   # the plan checked their types
+            text, bad = _as_utf8(table.column(second), second, self.name)
+            table = set_column(table, second, text)
+            for i in _positions(pc.is_null(text)):
+                bad.setdefault(i, (self.name, "null_text", f"{second!r} is null"))
+            for i, error in bad.items():
+                errors.setdefault(i, error)
         for i in _positions(pc.is_null(table.column(self.config.id_column))):
             errors.setdefault(i, (self.name, "null_id", f"{self.config.id_column!r} is null"))
         return with_errors(table, errors)
 
 
-def check_text_column(schema: pa.Schema, column: str) -> None:
+def check_text_column(schema: pa.Schema, column: str, flag: str = "--text-column") -> None:
     """A text column that is neither string nor binary is a configuration error, found before any cluster work."""
     if column in schema.names and not _is_text(schema.field(column).type):
-        raise ValueError(f"--text-column {column!r} has type {schema.field(column).type}; "
+        raise ValueError(f"{flag} {column!r} has type {schema.field(column).type}; "
                          "expected string (or binary holding UTF-8)")
 
 
 def _is_text(kind: pa.DataType) -> bool:
-    return any(check(kind) for check in (pa.types.is_string, pa.types.is_large_string,
-                                         pa.types.is_binary, pa.types.is_large_binary))
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return any(check(kind) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
+                                         pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view))
 
 
 def _as_utf8(text: pa.ChunkedArray, column: str, stage: str) -> tuple[pa.ChunkedArray, dict]:
     """A string column whose bytes are valid UTF-8; rows that are not become null plus an error."""
+    if pa.types.is_dictionary(text.type):
+        text = text.cast(text.type.value_type)
+    if pa.types.is_string_view(text.type) or pa.types.is_binary_view(text.type):
+        text = text.cast(pa.binary())
     binary = text.cast(pa.large_binary()) if pa.types.is_large_string(text.type) or \
         pa.types.is_large_binary(text.type) else text.cast(pa.binary())
     try:  # the fast path: Arrow checks the whole column at once

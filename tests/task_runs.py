@@ -83,7 +83,7 @@ def annotate(config, task) -> dict[str, dict]:
             for stage in stages:
                 table = stage(table)
             tables.append(table)
-    table = pa.concat_tables(tables)
+    table = pa.concat_tables(tables, promote_options="permissive")   # shards may differ in nullability
     ok = table.filter(table.column("_error").is_null())
     schema = plan.sink.config.result_schema
     ok = ok.select(schema.names)

@@ -67,7 +67,7 @@ def test_list_input_files_folder_glob_file_and_hidden_entries(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         list_input_files(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no .parquet files"):
+    with pytest.raises(InputError, match="no input files found"):
         list_input_files(str(tmp_path / "empty"))
 
 
