@@ -24,7 +24,7 @@ def bert_style_config(raw: Mapping[str, Any], family: str, pad_token_id: int, **
         type_vocab_size=get(raw, "type_vocab_size", 2),
         layer_norm_eps=get(raw, "layer_norm_eps", 1e-12),
         pad_token_id=get(raw, "pad_token_id", pad_token_id),
-        position_embedding_type=get(raw, "position_embedding_type", "absolute"),
+        position_embedding_type=get(raw, "position_embedding_type", "absolute") or "none",
         embedding_size=hidden,
         **read_common(raw),
     )

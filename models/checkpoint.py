@@ -15,6 +15,11 @@ from models.registry import Family, family_for
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
+_HEAD_CLASSES = {"ner": ("ForTokenClassification", "token-classification"),
+                 "classify": ("ForSequenceClassification", "sequence-classification"),
+                 "qa": ("ForQuestionAnswering", "question-answering")}
+
+
 class CheckpointError(ValueError):
     """A checkpoint folder we cannot load exactly; the message names the files or tensors at fault."""
 
@@ -57,3 +62,13 @@ def fingerprint(files: list[Path]) -> str:
             while chunk := f.read(1 << 24):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_architectures(config: EncoderConfig, task: str) -> None:
+    """A checkpoint whose config.json names only another task's head class is refused: BERT's token and
+    sequence classifiers share their weight names and shapes, so the weights alone cannot tell."""
+    others = [suffix for t, (suffix, _) in _HEAD_CLASSES.items() if t != task]
+    if task in _HEAD_CLASSES and config.architectures and all(
+            any(a.endswith(suffix) for suffix in others) for a in config.architectures):
+        raise CheckpointError(f"this checkpoint is a {', '.join(config.architectures)} (config.json architectures): "
+                              f"task {task!r} needs a {_HEAD_CLASSES[task][1]} head")

@@ -20,7 +20,8 @@ ACTIVATIONS = (
     "gelu_10", "quick_gelu", "relu", "relu2", "relu6", "leaky_relu", "silu", "swish", "mish", "tanh",
     "sigmoid", "linear", "laplace",
 )
-POSITION_TYPES = ("absolute", "relative_key", "relative_key_query", "sinusoidal")
+# "none": `position_embedding_type: null` in config.json, which transformers reads as no position information.
+POSITION_TYPES = ("absolute", "relative_key", "relative_key_query", "sinusoidal", "none")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
@@ -62,11 +63,13 @@ class EncoderConfig:
             )
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ConfigError(f"problem_type={self.problem_type!r}: expected one of {', '.join(PROBLEM_TYPES)}")
-        if self.hidden_size % self.num_heads:
-            raise ConfigError(f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads={self.num_heads}")
+        heads = max(self.num_heads // self.head_ratio, 1)   # ConvBERT's attention keeps num_heads // head_ratio
+        if self.hidden_size % heads:
+            raise ConfigError(f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads={self.num_heads}"
+                              + (f" // head_ratio={self.head_ratio}" if self.head_ratio > 1 else ""))
         if self.intermediate_size % self.num_groups or self.hidden_size % self.num_groups:
             raise ConfigError(f"num_groups={self.num_groups} must divide hidden_size and intermediate_size")
-        if not 0 < self.layer_norm_eps < 1:
+        if not isinstance(self.layer_norm_eps, (int, float)) or not 0 < self.layer_norm_eps < 1:
             raise ConfigError(f"layer_norm_eps={self.layer_norm_eps!r}: expected a small positive number")
 
     @property
@@ -101,7 +104,10 @@ def read_common(raw: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def get(raw: Mapping[str, Any], key: str, default: Any) -> Any:
-    """config.json value, or the documented default when the key is absent (never when it is null)."""
-    value = raw.get(key, default)
-    return default if value is None and default is not None else value
+def get(raw: Mapping[str, Any], key: str, default: Any, aliases: tuple[str, ...] = ()) -> Any:
+    """config.json value, or the documented default when the key is absent (never when it is null: a
+    null stays None, as transformers keeps it). An alias present wins, as transformers' attribute_map."""
+    for name in (*aliases, key):
+        if name in raw:
+            return raw[name]
+    return default

@@ -17,7 +17,7 @@ def parse_config(raw: Mapping[str, Any]) -> EncoderConfig:
     kernel = get(raw, "conv_kernel_size", 9)
     if not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
         raise ConfigError(f"conv_kernel_size={kernel!r}: expected a positive odd integer")
-    if raw.get("position_embedding_type", "absolute") != "absolute":
+    if get(raw, "position_embedding_type", "absolute") != "absolute":
         raise ConfigError(f"position_embedding_type={raw['position_embedding_type']!r}: ConvBERT has absolute positions only")
     hidden_act = get(raw, "hidden_act", "gelu")
     return bert_style_config(

@@ -23,9 +23,9 @@ def parse_config(raw: Mapping[str, Any]) -> EncoderConfig:
     return EncoderConfig(
         family="distilbert",
         vocab_size=get(raw, "vocab_size", 30522),
-        hidden_size=get(raw, "dim", 768),
-        num_layers=get(raw, "n_layers", 6),
-        num_heads=get(raw, "n_heads", 12),
+        hidden_size=get(raw, "dim", 768, aliases=("hidden_size",)),
+        num_layers=get(raw, "n_layers", 6, aliases=("num_hidden_layers",)),
+        num_heads=get(raw, "n_heads", 12, aliases=("num_attention_heads",)),
         intermediate_size=get(raw, "hidden_dim", 3072),
         hidden_act=get(raw, "activation", "gelu"),
         max_position_embeddings=get(raw, "max_position_embeddings", 512),
@@ -33,7 +33,7 @@ def parse_config(raw: Mapping[str, Any]) -> EncoderConfig:
         layer_norm_eps=1e-12,
         pad_token_id=get(raw, "pad_token_id", 0),
         position_embedding_type="sinusoidal" if sinusoidal else "absolute",
-        embedding_size=get(raw, "dim", 768),
+        embedding_size=get(raw, "dim", 768, aliases=("hidden_size",)),
         **read_common(raw),
     )
 

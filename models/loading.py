@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from models import heads as head_modules
-from models.checkpoint import CheckpointError, fingerprint, read_config, weight_files
+from models.checkpoint import CheckpointError, check_architectures, fingerprint, read_config, weight_files
 from models.config import ConfigError, EncoderConfig
 from models.encoder import Encoder
 from models.heads import NoHead, Pooling, SpanPredictor, TokenClassifier
@@ -74,6 +74,7 @@ def load_model(folder: str | Path, task: str, dtype: torch.dtype = torch.float32
                pooling: str | None = None, normalize: bool | None = None) -> TaskModel:
     folder = Path(folder)
     family, config = read_config(folder)
+    check_architectures(config, task)
     with torch.device("meta"):
         model = TaskModel(family, config, build_head(family, config, task, folder, pooling, normalize))
     files = weight_files(folder)

@@ -99,9 +99,9 @@ class Plan:
     model_bytes: int = 0            # weight bytes of the model(s) each model actor loads
 
 
-def inspect_model(folder: str) -> ModelInfo:
+def inspect_model(folder: str, model_task: str = "base") -> ModelInfo:
     from models import CheckpointError, ConfigError
-    from models.checkpoint import fingerprint, read_config, weight_files
+    from models.checkpoint import check_architectures, fingerprint, read_config, weight_files
     from models.remote import is_remote, local_model_folder
 
     try:  # a folder on object storage is copied once into this node's cache (models/remote.py)
@@ -110,6 +110,7 @@ def inspect_model(folder: str) -> ModelInfo:
         raise UsageError(f"--model {folder!r}: {type(error).__name__}: {str(error).splitlines()[0]}") from None
     try:
         family, config = read_config(path)
+        check_architectures(config, model_task)
         files = weight_files(path)
     except (CheckpointError, ConfigError) as error:
         raise UsageError(f"--model {folder!r}: {error}") from None
@@ -137,7 +138,7 @@ def resolve_max_length(config: JobConfig, model: ModelInfo) -> int:
 
 def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
     """Check inputs, model and the stage chain; raise UsageError with one line on any problem."""
-    model = task.inspect(config) if task.inspect else inspect_model(config.model)
+    model = task.inspect(config) if task.inspect else inspect_model(config.model, task.model_task)
     feed = task.feed(config, model)
     max_length = feed.max_length
     read_columns = tuple(dict.fromkeys((*config.result_columns, config.text_column, *(c for _, c in feed.columns))))

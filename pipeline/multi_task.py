@@ -46,7 +46,7 @@ def multi_task(config: MultiConfig) -> tuple[JobConfig, Task]:
     stages, descriptions, max_lengths, columns, max_tokens, weight_bytes = [], [], {}, {}, [], []
     for column, name, task_config in entries:
         task = TASKS[name]
-        model = inspect_model(task_config.model)
+        model = inspect_model(task_config.model, task.model_task)
         feed = task.feed(task_config, model)
         fields = task.fields(task_config, model) if task.fields else task_fields(name)
         infer = InferConfig(model.folder, task.model_task, task_config.batch_tokens, task_config.device,

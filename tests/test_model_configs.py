@@ -31,14 +31,16 @@ def test_activation_list_is_supported_by_hf():
 @pytest.mark.parametrize("act", ACTIVATIONS)
 @pytest.mark.parametrize(("family", "head"), [("bert", "ner"), ("roberta", "classify"), ("convbert", "classify")])
 def test_hidden_act_parity(tmp_path, family, head, act):
-    # ConvBERT's classification head applies hidden_act too, so "classify" exercises both places
-    folder, hf = make_checkpoint(tmp_path, family, head, tokenizer=False, hidden_act=act)
+    # ConvBERT's classification head applies hidden_act too, so "classify" exercises both places. Larger
+    # weights than the default init: at 0.02 the activations' inputs are so small that gelu and gelu_new
+    # differ by 1e-7, under the tolerance.
+    folder, hf = make_checkpoint(tmp_path, family, head, tokenizer=False, hidden_act=act, initializer_range=0.2)
     check_parity(folder, hf, family, head)
 
 
 @pytest.mark.parametrize("act", ["gelu", "relu", "silu", "gelu_new"])
 def test_distilbert_activation_parity(tmp_path, act):
-    folder, hf = make_checkpoint(tmp_path, "distilbert", "ner", tokenizer=False, activation=act)
+    folder, hf = make_checkpoint(tmp_path, "distilbert", "ner", tokenizer=False, activation=act, initializer_range=0.2)
     check_parity(folder, hf, "distilbert", "ner")
 
 
@@ -145,3 +147,49 @@ def test_roberta_positions_start_after_padding_idx(tmp_path):
         from_zero = hf(input_ids=ids, attention_mask=mask, position_ids=torch.arange(0, 5)[None]).last_hidden_state
     assert (ours - after_pad).abs().max() <= 1e-5
     assert (ours - from_zero).abs().max() > 1e-3
+
+
+def test_activation_tests_can_tell_close_activations_apart(tmp_path):
+    folder, hf = make_checkpoint(tmp_path, "bert", "ner", tokenizer=False, hidden_act="gelu", initializer_range=0.2)
+    rewrite_config(folder, hidden_act="gelu_new")
+    with pytest.raises(AssertionError):
+        check_parity(folder, hf, "bert", "ner")
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_null_position_embedding_type_means_no_positions_as_in_transformers(tmp_path, family):
+    folder, hf = make_checkpoint(tmp_path, family, "ner", tokenizer=False, position_embedding_type=None)
+    assert read_json(folder / "config.json")["position_embedding_type"] is None
+    check_parity(folder, hf, family, "ner")
+
+
+def test_distilbert_config_with_the_generic_key_names(tmp_path):
+    """transformers maps hidden_size / num_attention_heads / num_hidden_layers onto dim / n_heads / n_layers."""
+    folder, hf = make_checkpoint(tmp_path, "distilbert", "ner", tokenizer=False, n_heads=8)
+    config = read_json(folder / "config.json")
+    for generic, own in (("hidden_size", "dim"), ("num_attention_heads", "n_heads"), ("num_hidden_layers", "n_layers")):
+        config[generic] = config.pop(own)
+    (folder / "config.json").write_text(json.dumps(config))
+    assert load_model(folder, "ner").config.num_heads == 8
+    check_parity(folder, hf, "distilbert", "ner")
+
+
+def test_convbert_heads_need_only_divide_after_head_ratio(tmp_path):
+    folder, hf = make_checkpoint(tmp_path, "convbert", "ner", tokenizer=False, num_attention_heads=12, head_ratio=3)
+    check_parity(folder, hf, "convbert", "ner")
+
+
+def test_null_pad_token_id_is_refused_for_roberta_positions(tmp_path):
+    folder, _ = make_checkpoint(tmp_path, "roberta", "base", tokenizer=False)
+    rewrite_config(folder, pad_token_id=None)
+    with pytest.raises(models.ConfigError, match="pad_token_id=None"):
+        load_model(folder, "base")
+
+
+@pytest.mark.parametrize(("head", "task"), [("classify", "ner"), ("ner", "classify"), ("qa", "ner")])
+def test_another_tasks_head_is_refused_even_when_its_weights_fit(tmp_path, head, task):
+    """BERT's token and sequence classifiers share names and shapes: config.json's architectures tell them apart."""
+    folder, _ = make_checkpoint(tmp_path, "bert", head, tokenizer=False)
+    with pytest.raises(models.CheckpointError, match=f"task '{task}' needs a"):
+        load_model(folder, task)
+    load_model(folder, "embed")     # any checkpoint embeds
