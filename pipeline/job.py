@@ -182,7 +182,7 @@ def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
     )
     plan = Plan(
         files=files,
-        read=ReadFile(files, read_columns),
+        read=ReadFile(files, read_columns, schema=schema),
         validate=StageSpec(ValidateText, ValidateConfig(config.id_column, config.text_column, config.max_chars,
                                                         tuple(dict.fromkeys(c for _, c in feed.columns)))),
         tokenize=feed.tokenize,

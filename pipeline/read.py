@@ -110,7 +110,7 @@ class Footers:
 
     rows: tuple[int | None, ...]
     unreadable: tuple[tuple[int, str], ...]
-    first_readable: int
+    first_readable: int             # the first readable file with rows (its schema is the plan's), else the first readable
 
 
 def scan_footers(files: InputFiles, columns: tuple[str, ...]) -> Footers:
@@ -127,13 +127,15 @@ def scan_footers(files: InputFiles, columns: tuple[str, ...]) -> Footers:
             continue
         for column in columns:
             kind = str(schema.field(column).type) if column in schema.names else "missing"
+            if kind == "null" and rows[-1] == 0:
+                continue   # pandas writes an empty frame's object columns as null: no type to disagree with
             seen = types.setdefault(column, (kind, path))
             if seen[0] != kind:
                 raise InputError(f"input shards disagree on column {column!r}: {files.display(seen[1])} has "
                                  f"{seen[0]}, {files.display(path)} has {kind}")
     if len(unreadable) == len(files.paths):
         raise InputError(f"--input {files.uri!r}: no readable Parquet file ({unreadable[0][1]})")
-    first = next(i for i, n in enumerate(rows) if n is not None)
+    first = next((i for i, n in enumerate(rows) if n), next(i for i, n in enumerate(rows) if n is not None))
     return Footers(tuple(rows), tuple(unreadable), first)
 
 
@@ -144,6 +146,7 @@ class ReadFile:
     files: InputFiles
     columns: tuple[str, ...]        # id, text and passthrough columns, in output order
     block_rows: int = 4096
+    schema: pa.Schema | None = None     # the plan's types: an empty file's (possibly null-typed) columns take them
     # (file index, merged [start, end) ranges) already in the output: a restart leaves these rows out
     committed: tuple[tuple[int, tuple[tuple[int, int], ...]], ...] = ()
 
@@ -172,7 +175,7 @@ class ReadFile:
                     if block.num_rows or not done:
                         yield block
             if first_row == 0:  # an empty file still has a schema downstream stages can rely on
-                empty = parquet.schema_arrow.empty_table().select(in_file)
+                empty = (self.schema or parquet.schema_arrow).empty_table().select(in_file)
                 yield self._with_provenance(empty, partitions, file_index, source, 0)
 
     def _row_group(self, parquet: pq.ParquetFile, path: str, group: int, columns: list[str]) -> Iterator[pa.Table]:

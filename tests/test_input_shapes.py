@@ -106,3 +106,15 @@ def test_second_texts_are_checked_like_the_text(tmp_path):
                       ERROR: pa.nulls(1, ERROR_TYPE)})
     error = ValidateText(ValidateConfig(second_texts=("question",)))(table).column(ERROR)[0].as_py()
     assert error["error"] == "null_text" and "'question' is null" in error["message"]
+
+
+def test_an_empty_shard_pandas_wrote_with_null_typed_columns(tmp_path, ner_checkpoint):
+    import pandas as pd
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    empty = pd.DataFrame({"id": pd.Series([], dtype=object), "text": pd.Series([], dtype=object)})
+    empty.to_parquet(corpus / "0-empty.parquet")   # empty object columns are written as null-typed
+    assert pq.read_schema(corpus / "0-empty.parquet").field("id").type == pa.null()
+    write(corpus / "1.parquet", id=["a", "b"], text=TEXTS[:2])
+    assert sorted(ner(corpus, ner_checkpoint, tmp_path)) == ["a", "b"]
