@@ -12,6 +12,10 @@ from pathlib import Path
 from models.config import EncoderConfig
 from models.registry import Family, family_for
 
+# What besides the weights decides a model's results: its config, tokenizer and sentence-transformers files.
+SETTINGS_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                  "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "modules.json",
+                  "sentence_bert_config.json", "1_Pooling/config.json")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -72,3 +76,14 @@ def check_architectures(config: EncoderConfig, task: str) -> None:
             any(a.endswith(suffix) for suffix in others) for a in config.architectures):
         raise CheckpointError(f"this checkpoint is a {', '.join(config.architectures)} (config.json architectures): "
                               f"task {task!r} needs a {_HEAD_CLASSES[task][1]} head")
+
+
+def settings_fingerprint(folder: Path) -> str:
+    """sha256 of the folder's SETTINGS_FILES (names and contents): with the weights' fingerprint, what a
+    restart compares (another label map or tokenizer beside the same weights gives other results)."""
+    digest = hashlib.sha256()
+    for name in SETTINGS_FILES:
+        path = Path(folder) / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()

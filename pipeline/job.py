@@ -47,6 +47,7 @@ class ModelInfo:
     max_tokens: int                 # longest window the position embeddings allow
     weight_bytes: int = 0           # size of the weight files (what one model actor holds, roughly)
     local: str = ""                 # the driver's local copy, for what the plan reads (tokenizer, configs)
+    settings_sha256: str = ""       # config, tokenizer and sentence-transformers files (checkpoint.settings_fingerprint)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +102,13 @@ class Plan:
 
 def inspect_model(folder: str, model_task: str = "base") -> ModelInfo:
     from models import CheckpointError, ConfigError
-    from models.checkpoint import check_architectures, fingerprint, read_config, weight_files
+    from models.checkpoint import (
+        check_architectures,
+        fingerprint,
+        read_config,
+        settings_fingerprint,
+        weight_files,
+    )
     from models.remote import is_remote, local_model_folder
 
     try:  # a folder on object storage is copied once into this node's cache (models/remote.py)
@@ -117,7 +124,8 @@ def inspect_model(folder: str, model_task: str = "base") -> ModelInfo:
     offset = config.pad_token_id + 1 if family.roberta_positions and config.pad_token_id is not None else 0
     # Stages get the URL of a remote model (each node resolves it to its own cached copy).
     return ModelInfo(folder if is_remote(folder) else str(path), tuple(config.labels), fingerprint(files),
-                     config.max_position_embeddings - offset, sum(f.stat().st_size for f in files), str(path))
+                     config.max_position_embeddings - offset, sum(f.stat().st_size for f in files), str(path),
+                     settings_fingerprint(path))
 
 
 def resolve_max_length(config: JobConfig, model: ModelInfo) -> int:
@@ -229,16 +237,14 @@ def run_job(config: JobConfig, task: Task) -> dict:
         config = config.model_copy(update={"output": os.path.abspath(config.output)})
     configure(config.storage)   # before any URL is opened: retries + --storage-options for every filesystem
     plan, model, max_length = build_plan(config, task)
-    identity = restart.job_identity(task.name, config, model.fingerprint, plan.files)
-    lease = Lease(config.output)
-    lease.check_free()      # before open_output, which may empty the folder (--overwrite)
-    start = restart.open_output(config.output, identity, config.overwrite)
-    if start.finished is not None:
-        print(f"bertbatch {task.name}: {config.output} is already complete (_SUCCESS, "
-              f"{start.finished['report']['documents']} rows); nothing to do", flush=True)
-        return start.finished
-    lease.acquire()
+    identity = restart.job_identity(task.name, config, model, plan.files)
+    lease = Lease(config.output).acquire()   # before open_output, which may clean or empty the folder
     try:
+        start = restart.open_output(config.output, identity, config.overwrite)
+        if start.finished is not None:
+            print(f"bertbatch {task.name}: {config.output} is already complete (_SUCCESS, "
+                  f"{start.finished['report']['documents']} rows); nothing to do", flush=True)
+            return start.finished
         return _run(config, task, plan, model, max_length, identity, start)
     finally:
         lease.release()

@@ -22,6 +22,8 @@ import uuid
 
 import fsspec
 
+from pipeline.ledger import put_json
+
 HEARTBEAT_SECONDS = 30.0
 EXPIRES_SECONDS = 180.0
 SETTLE_SECONDS = 1.0
@@ -102,7 +104,7 @@ class Lease:
         self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
         body = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
                 "started": self.started, "heartbeat": time.time()}
-        self.fs.pipe_file(self.path, json.dumps(body).encode())
+        put_json(self.fs, self.path, body)   # whole or nothing: a reader never sees half a lease
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):

@@ -73,7 +73,7 @@ def _join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
-def _put_json(fs, path: str, value: dict) -> None:
+def put_json(fs, path: str, value: dict) -> None:
     """Whole or nothing: local files go through a temporary name; an object store PUT is atomic already."""
     data = json.dumps(value, default=str)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
@@ -93,7 +93,7 @@ def commit(fs, root: str, files: list[str], ranges: dict[int, Ranges], counters:
     name = f"{first_file:05d}-{ranges[first_file][0][0]:012d}.json"
     fs.makedirs(_join(root, PROGRESS_DIR), exist_ok=True)
     entry = {"run": run, "files": files, "ranges": {str(k): v for k, v in ranges.items()}, "counters": counters}
-    _put_json(fs, _join(root, PROGRESS_DIR, name), entry)
+    put_json(fs, _join(root, PROGRESS_DIR, name), entry)
 
 
 def mark_in_flight(output: str, stage: str, file_index: np.ndarray, rows: np.ndarray) -> str | None:
@@ -114,7 +114,7 @@ def mark_in_flight(output: str, stage: str, file_index: np.ndarray, rows: np.nda
     attempts = 1
     with contextlib.suppress(FileNotFoundError, ValueError), fs.open(path, "r") as handle:
         attempts += json.load(handle)["attempts"]
-    _put_json(fs, path, {"ranges": {str(k): v for k, v in ranges.items()}, "attempts": attempts})
+    put_json(fs, path, {"ranges": {str(k): v for k, v in ranges.items()}, "attempts": attempts})
     return path
 
 
@@ -167,21 +167,28 @@ class Progress:
 
 
 def recover(output: str) -> Progress:
-    """Read the ledger and delete what no entry commits (orphan parts, temporary files)."""
+    """Read the ledger and delete what no entry commits (orphan parts, temporary files). An entry one of
+    whose files is gone (deleted by hand, by an --overwrite cut short) is dropped with its other
+    files: its rows are done again instead of counted as written."""
     fs, root = _fresh_fs(output)
     root = root.rstrip("/")
     progress = _join(root, PROGRESS_DIR)
+    found = [p[len(root):].lstrip("/") for p in fs.find(root)] if fs.exists(root) else []
     entries = []
     if fs.exists(progress):
         for path in sorted(fs.ls(progress, detail=False)):
             name = path.rsplit("/", 1)[-1]
             if name.endswith(".json") and name != JOB_FILE and not name.startswith("."):
                 with fs.open(path, "r") as handle:
-                    entries.append(json.load(handle))
+                    entry = json.load(handle)
+                if set(entry["files"]) <= set(found):
+                    entries.append(entry)
+                else:
+                    fs.rm(path)
     owned = {f for entry in entries for f in entry["files"]}
     removed = []
-    for path in fs.find(root) if fs.exists(root) else []:
-        relative = path[len(root):].lstrip("/")
+    for relative in found:
+        path = _join(root, relative)
         orphan = PART_FILE.search(relative) and relative not in owned
         if orphan or TEMP_FILE.search(relative):
             fs.rm(path)
@@ -205,7 +212,7 @@ def read_job(output: str) -> dict | None:
 def write_job(output: str, job: dict) -> None:
     fs, root = fsspec.core.url_to_fs(output)
     fs.makedirs(_join(root, PROGRESS_DIR), exist_ok=True)
-    _put_json(fs, _join(root, PROGRESS_DIR, JOB_FILE), job)
+    put_json(fs, _join(root, PROGRESS_DIR, JOB_FILE), job)
 
 
 def input_identity(fs, paths: Iterable[str]) -> list[dict]:

@@ -25,6 +25,7 @@ from pipeline.job import Feed, ModelInfo, Task, inspect_model
 from pipeline.multi_stage import TaskStages, combine, struct_field
 from pipeline.ner_task import NER_TASK
 from pipeline.qa_task import QA_TASK
+from pipeline.restart import result_options
 from schemas.results import task_fields
 
 TASKS: dict[str, Task] = {t.name: t for t in (NER_TASK, CLASSIFY_TASK, QA_TASK, EMBED_TASK)}
@@ -53,7 +54,7 @@ def multi_task(config: MultiConfig) -> tuple[JobConfig, Task]:
                             task_config.dtype, model_options=feed.model_options)
         stages.append(TaskStages(column, feed.tokenize, infer, task.decode(task_config, model), tuple(fields)))
         descriptions.append({"column": column, "task": name, "model_sha256": model.fingerprint,
-                             "options": task_config.model_dump(mode="json")})
+                             "model_files_sha256": model.settings_sha256, "options": result_options(task_config)})
         max_lengths[column] = feed.max_length
         columns.update(dict.fromkeys(feed.columns))
         max_tokens.append(model.max_tokens)

@@ -33,11 +33,14 @@ class Start:
     finished: dict | None = None        # `_run.json` of an output that already has `_SUCCESS`
 
 
-def job_identity(task: str, config, fingerprint: str, files) -> dict:
-    options = {k: v for k, v in config.model_dump().items() if k not in LAYOUT_ONLY}
-    return {"task": task, "model_sha256": fingerprint,
-            "options": json.loads(json.dumps(options, default=str)),
-            "inputs": ledger.input_identity(files.fs, files.paths)}
+def result_options(config) -> dict:
+    """The options that may change a result row (JSON-ready): what a restart must find unchanged."""
+    return json.loads(json.dumps({k: v for k, v in config.model_dump().items() if k not in LAYOUT_ONLY}, default=str))
+
+
+def job_identity(task: str, config, model, files) -> dict:
+    return {"task": task, "model_sha256": model.fingerprint, "model_files_sha256": model.settings_sha256,
+            "options": result_options(config), "inputs": ledger.input_identity(files.fs, files.paths)}
 
 
 def _mismatch(old: dict, new: dict) -> str | None:
@@ -45,6 +48,8 @@ def _mismatch(old: dict, new: dict) -> str | None:
         return f"task {old['task']!r} (now {new['task']!r})"
     if old["model_sha256"] != new["model_sha256"]:
         return f"another model (sha256 {old['model_sha256'][:12]}, now {new['model_sha256'][:12]})"
+    if old.get("model_files_sha256", new["model_files_sha256"]) != new["model_files_sha256"]:
+        return "the same weights but another config.json, tokenizer or sentence-transformers files"
     for key in sorted(set(old["options"]) | set(new["options"])):
         if old["options"].get(key) != new["options"].get(key):
             return f"--{key.replace('_', '-')} {old['options'].get(key)!r} (now {new['options'].get(key)!r})"
@@ -98,9 +103,15 @@ def _skip_committed(plan, progress: ledger.Progress):
 
 
 def record_unreadable(plan) -> None:
-    """One error row per input file whose footer cannot be read (rewritten by every run: not in the ledger)."""
+    """One error row per input file whose footer cannot be read (rewritten by every run: not in the ledger);
+    the row of a file this run reads (a storage fault that passed) is deleted."""
     config = plan.sink.config
     fs, root = fsspec.core.url_to_fs(config.output)
+    errors = f"{root.rstrip('/')}/{ERRORS_DIR}"
+    unreadable = {f"unreadable-{index:05d}.parquet" for index, _ in plan.footers.unreadable}
+    for path in fs.glob(f"{errors}/unreadable-*.parquet") if fs.exists(errors) else []:
+        if path.rsplit("/", 1)[-1] not in unreadable:
+            fs.rm(path)
     for index, reason in plan.footers.unreadable:
         table = pa.table({
             config.id_column: pa.nulls(1, config.errors_schema.field(config.id_column).type),

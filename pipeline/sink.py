@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.kill_hooks import kill_point
-from pipeline.ledger import commit, row_ranges
+from pipeline.lease import LEASE_FILE
+from pipeline.ledger import JOB_FILE, PROGRESS_DIR, commit, row_ranges
 from pipeline.stage import ERROR, FILE_INDEX, ROW, SOURCE, STAT_PREFIX, Stage
 from pipeline.storage import is_object_store
 from schemas import results
@@ -159,18 +160,29 @@ OUR_ENTRIES = re.compile(r"^(part-.*\.parquet|_errors|_progress|_run\.json|_SUCC
 
 
 def prepare_output(output: str, overwrite: bool) -> None:
-    """Refuse to mix runs in one folder: an existing non-empty output needs --overwrite (which empties it)."""
+    """Refuse to mix runs in one folder: an existing non-empty output needs --overwrite (which empties it).
+
+    The run's own lease (taken before the output is touched) is neither content nor deleted. The
+    ledger's identity goes first: an --overwrite cut short leaves a folder that refuses to resume."""
     fs, root = fsspec.core.url_to_fs(output)
-    entries = fs.ls(root, detail=False) if fs.exists(root) else []
+    root = root.rstrip("/")
+    progress, lease = f"{root}/{PROGRESS_DIR}", f"{root}/{PROGRESS_DIR}/{LEASE_FILE}"
+    entries = [e.rstrip("/") for e in fs.ls(root, detail=False)] if fs.exists(root) else []
+    entries = [e for e in entries if e != progress or set(fs.find(progress)) - {lease}]
     if entries:
         if not overwrite:
             raise FileExistsError(f"--output {output!r} exists and is not empty; pass --overwrite to replace it")
-        foreign = [e for e in entries if not OUR_ENTRIES.match(e.rstrip("/").rsplit("/", 1)[-1])]
+        foreign = [e for e in entries if not OUR_ENTRIES.match(e.rsplit("/", 1)[-1])]
         if foreign:
             raise FileExistsError(f"--output {output!r} holds files a run did not write ({foreign[0]}, ...); "
                                   "refusing to delete them, choose another output")
+        if fs.exists(f"{progress}/{JOB_FILE}"):
+            fs.rm(f"{progress}/{JOB_FILE}")
         for entry in entries:
-            fs.rm(entry, recursive=True)
+            keep = entry == progress and fs.exists(lease)
+            for path in [e.rstrip("/") for e in fs.ls(progress, detail=False)] if keep else [entry]:
+                if path != lease:
+                    fs.rm(path, recursive=True)
     fs.makedirs(root, exist_ok=True)
 
 

@@ -77,3 +77,22 @@ def test_second_job_into_a_running_output_refuses(tmp_path, ner_checkpoint):
         out, _ = first.communicate(timeout=300)
     assert first.returncode == 0, out[-3000:]
     assert (output / "_SUCCESS").exists() and not (output / "_progress" / lease.LEASE_FILE).exists()
+
+
+def test_the_lease_comes_before_the_output_is_touched_and_survives_overwrite(tmp_path):
+    """A run holds the lease while open_output cleans or empties the folder: --overwrite keeps it, and a
+    folder holding nothing but the lease counts as empty."""
+    from pipeline.sink import prepare_output
+
+    out = tmp_path / "out"
+    held = Lease(str(out)).acquire()
+    try:
+        prepare_output(str(out), overwrite=False)          # only our lease: a fresh output
+        (out / "part-00000-000000000000.parquet").write_bytes(b"x")
+        (out / "_progress" / "_job.json").write_text("{}")
+        prepare_output(str(out), overwrite=True)
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["_progress", "_progress/.lease.json"]
+        with pytest.raises(OutputBusy):
+            Lease(str(out)).check_free()
+    finally:
+        held.release()

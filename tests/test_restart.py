@@ -229,3 +229,78 @@ def test_in_flight_markers_name_the_batch_that_was_retried(tmp_path):
     ledger.mark_in_flight(out, "tokenize", np.array([1]), np.array([3]))
     assert ledger.in_flight(out) == {1: [(3, 4)], 2: [(4, 5)]}          # none retried: all suspects
     assert ledger.recover(out).entries == []                            # markers are not ledger entries
+
+
+def test_an_entry_whose_files_are_gone_is_done_again_not_counted(tmp_path):
+    """Unit level: files deleted after their commit (by hand, by an --overwrite cut short) leave rows that
+    no file holds; recover drops such an entry and its other files, so a restart redoes its rows."""
+    import fsspec
+
+    from pipeline import ledger
+
+    out = tmp_path / "out"
+    (out / "_errors").mkdir(parents=True)
+    fs = fsspec.filesystem("file")
+    for name in ("part-00000-000000000000.parquet", "part-00000-000000000005.parquet",
+                 "_errors/part-00000-000000000005.parquet"):
+        (out / name).write_bytes(b"x")
+    ledger.commit(fs, str(out), ["part-00000-000000000000.parquet"], {0: [(0, 5)]}, {"rows": 5, "errors": 0}, run=1)
+    ledger.commit(fs, str(out), ["part-00000-000000000005.parquet", "_errors/part-00000-000000000005.parquet"],
+                  {0: [(5, 10)]}, {"rows": 4, "errors": 1}, run=1)
+    (out / "part-00000-000000000005.parquet").unlink()
+    progress = ledger.recover(str(out))
+    assert progress.committed == {0: [(0, 5)]} and len(progress.entries) == 1
+    assert not (out / "_errors" / "part-00000-000000000005.parquet").exists()
+    assert sorted(p.name for p in (out / "_progress").iterdir()) == ["00000-000000000000.json"]
+
+
+def test_a_stale_unreadable_file_row_goes_once_the_file_reads(tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline.restart import record_unreadable
+    from schemas import results
+
+    out = tmp_path / "out"
+    config = SimpleNamespace(output=str(out), id_column="id", errors_schema=results.errors_schema(pa.field("id", pa.string())))
+    files = SimpleNamespace(paths=["a.parquet", "b.parquet"], display=str)
+    record_unreadable(SimpleNamespace(sink=SimpleNamespace(config=config), files=files,
+                                      footers=SimpleNamespace(unreadable=((0, "OSError: x"), (1, "OSError: y")))))
+    assert sorted(p.name for p in (out / "_errors").iterdir()) == ["unreadable-00000.parquet", "unreadable-00001.parquet"]
+    record_unreadable(SimpleNamespace(sink=SimpleNamespace(config=config), files=files,
+                                      footers=SimpleNamespace(unreadable=((1, "OSError: y"),))))
+    assert sorted(p.name for p in (out / "_errors").iterdir()) == ["unreadable-00001.parquet"]
+
+
+def test_identity_covers_the_models_settings_and_multi_task_layout_flags_are_free(tmp_path, ner_checkpoint):
+    """Same weights with another label map is another job; --overwrite or --rows-per-file in a multi-task
+    config are not part of what a restart compares."""
+    import shutil
+
+    from pipeline.config import MultiConfig, NerConfig
+    from pipeline.job import build_plan
+    from pipeline.multi_task import multi_task
+    from pipeline.ner_task import NER_TASK
+    from pipeline.restart import _mismatch, job_identity
+
+    corpus = write_corpus(tmp_path / "corpus", shards=1, rows_per_shard=6)
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(ner_checkpoint, relabelled)
+    config = json.loads((relabelled / "config.json").read_text())
+    config["id2label"] = {k: v.replace("PER", "PERSON") for k, v in config["id2label"].items()}
+    (relabelled / "config.json").write_text(json.dumps(config))
+
+    def identity(model):
+        job = NerConfig(input=str(corpus), output=str(tmp_path / "out"), model=str(model))
+        plan, info, _ = build_plan(job, NER_TASK)
+        return job_identity("ner", job, info, plan.files)
+
+    assert _mismatch(identity(ner_checkpoint), identity(ner_checkpoint)) is None
+    assert "another config.json, tokenizer" in _mismatch(identity(ner_checkpoint), identity(relabelled))
+
+    def multi(shared=None, **flags):
+        tasks = {"entities": {"task": "ner", "model": str(ner_checkpoint), **flags}}
+        _, task = multi_task(MultiConfig(input=str(corpus), output=str(tmp_path / "m"), tasks=tasks, **(shared or {})))
+        return task.inspect(None).fingerprint
+
+    layout = {"overwrite": True, "rows_per_file": 7, "model_actors": 1}
+    assert multi() == multi(layout, batch_tokens=999) != multi(aggregation="first")
