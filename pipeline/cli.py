@@ -25,7 +25,7 @@ class UsageError(Exception):
 
 
 def build_parser(config_cls: type[BaseModel], prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)  # --over is no --overwrite
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file with any of the options below (flags win)")
     for name, field in config_cls.model_fields.items():
         flag = "--" + name.replace("_", "-")

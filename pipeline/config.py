@@ -100,12 +100,13 @@ class JobConfig(BaseModel):
 
 class NerConfig(JobConfig):
     aggregation: Literal[AGGREGATIONS] = Field(
-        "simple", description="how token tags become entities, as the HF token-classification pipeline")
+        "simple", description="how token tags become entities, as the HF token-classification pipeline "
+        "(whose default is none: per-token tags, which it refuses for windowed long texts)")
     ignore_labels: tuple[str, ...] = Field(("O",), description="labels never reported as entities")
 
     @field_validator("ignore_labels", mode="before")
     @classmethod
-    def _split_commas(cls, value):
+    def _split_label_commas(cls, value):   # its own name: JobConfig's _split_commas splits --keep-columns
         return _comma_list(value)
 
 

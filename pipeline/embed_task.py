@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.arrow_nested import flat_lengths, flatten
+from pipeline.cli import UsageError
 from pipeline.doc_decode import DecodeWindow, DocumentDecode
 from pipeline.embed_decode import LONG_TEXT_MODES, combine_windows
 from pipeline.job import Feed, ModelInfo, Task, resolve_max_length
@@ -84,7 +85,10 @@ def model_pooling(config, folder: str) -> tuple[tuple[str, ...], bool]:
     """(pooling modes, normalize) after the --pooling / --normalize overrides."""
     from models.sentence_transformers import pooling_from_folder
 
-    modes, normalize = pooling_from_folder(Path(folder))
+    try:
+        modes, normalize = pooling_from_folder(Path(folder))
+    except (ValueError, OSError) as error:   # a module or pooling mode we do not run, an unreadable file
+        raise UsageError(f"--model {config.model!r}: {error}") from None
     return ((config.pooling,) if config.pooling else modes), (normalize if config.normalize is None else
                                                                config.normalize)
 
@@ -92,12 +96,16 @@ def model_pooling(config, folder: str) -> tuple[tuple[str, ...], bool]:
 def _feed(config, model: ModelInfo) -> Feed:
     from models.sentence_transformers import do_lower_case, max_seq_length
 
-    if config.max_length is None and max_seq_length(Path(model.local)):
-        config = config.model_copy(update={"max_length": min(max_seq_length(Path(model.local)), model.max_tokens)})
+    try:
+        length, lowercase = max_seq_length(Path(model.local)), do_lower_case(Path(model.local))
+    except (ValueError, TypeError, OSError) as error:
+        raise UsageError(f"--model {config.model!r}: sentence_bert_config.json: {error}") from None
+    if config.max_length is None and length:
+        config = config.model_copy(update={"max_length": min(length, model.max_tokens)})
     max_length = resolve_max_length(config, model)
     stage = FirstWindowTokenize if config.long_text == "truncate" else Tokenize
     tokenize = TokenizeConfig(model.folder, config.text_column, None, max_length, config.stride,
-                              lowercase=do_lower_case(Path(model.local)))
+                              lowercase=lowercase)
     _, normalize = model_pooling(config, model.local)
     options = (("pooling", config.pooling), ("normalize", normalize))
     return Feed(StageSpec(stage, tokenize), max_length, model_options=options)

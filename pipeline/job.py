@@ -18,7 +18,7 @@ import pyarrow as pa
 from pipeline.cli import UsageError
 from pipeline.config import JobConfig
 from pipeline.infer import Infer, InferConfig
-from pipeline.lease import Lease
+from pipeline.lease import Lease, OutputBusy
 from pipeline.read import (
     Footers,
     InputError,
@@ -128,11 +128,19 @@ def inspect_model(folder: str, model_task: str = "base") -> ModelInfo:
                      settings_fingerprint(path))
 
 
-def resolve_max_length(config: JobConfig, model: ModelInfo) -> int:
-    """--max-length, else the tokenizer's model_max_length, never beyond the position embeddings."""
+def plan_tokenizer(model: ModelInfo):
+    """The model's tokenizer, for the plan's checks; a folder without a usable one is a UsageError."""
     from models import load_tokenizer
 
-    tokenizer = load_tokenizer(model.local)
+    try:
+        return load_tokenizer(model.local)
+    except Exception as error:  # noqa: BLE001 - tokenizers raises a bare Exception on a corrupt tokenizer.json
+        raise UsageError(f"--model {model.folder!r}: its tokenizer: {str(error).splitlines()[0]}") from None
+
+
+def resolve_max_length(config: JobConfig, model: ModelInfo) -> int:
+    """--max-length, else the tokenizer's model_max_length, never beyond the position embeddings."""
+    tokenizer = plan_tokenizer(model)
     limit = min(tokenizer.model_max_length or model.max_tokens, model.max_tokens)
     max_length = config.max_length or limit
     if max_length > model.max_tokens:
@@ -231,20 +239,27 @@ def version(package: str) -> str:
 
 def run_job(config: JobConfig, task: Task) -> dict:
     """Build, start or resume in the output (docs/restart.md), run on Ray, write `_run.json` (+ `_SUCCESS`)."""
-    from pipeline import restart
+    from pipeline import ray_plan, restart
 
     if "://" not in config.output:  # workers must not resolve a relative output against their own cwd
         config = config.model_copy(update={"output": os.path.abspath(config.output)})
     configure(config.storage)   # before any URL is opened: retries + --storage-options for every filesystem
     plan, model, max_length = build_plan(config, task)
     identity = restart.job_identity(task.name, config, model, plan.files)
-    lease = Lease(config.output).acquire()   # before open_output, which may clean or empty the folder
     try:
-        start = restart.open_output(config.output, identity, config.overwrite)
-        if start.finished is not None:
+        lease = Lease(config.output).acquire()   # before open_output, which may clean or empty the folder
+    except OutputBusy:
+        raise
+    except (OSError, ValueError) as error:    # a file, no permission, an unknown protocol
+        raise UsageError(f"--output {config.output!r}: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+    try:
+        finished = restart.finished_output(config.output, identity, config.overwrite)
+        if finished is not None:
             print(f"bertbatch {task.name}: {config.output} is already complete (_SUCCESS, "
-                  f"{start.finished['report']['documents']} rows); nothing to do", flush=True)
-            return start.finished
+                  f"{finished['report']['documents']} rows); nothing to do", flush=True)
+            return finished
+        ray_plan.preflight(plan)   # the cluster's refusals (device, dtype, actors) before the output is touched
+        start = restart.open_output(config.output, identity, config.overwrite)
         return _run(config, task, plan, model, max_length, identity, start)
     finally:
         lease.release()
@@ -275,7 +290,7 @@ def _run(config: JobConfig, task: Task, plan: Plan, model, max_length: int, iden
             failure = restart.isolate_crashes(plan, config.output, error, ray_plan.execute)
             print(f"bertbatch {task.name}: worker processes died beyond their retries; {failure['rows']} rows "
                   f"are worker_died errors in {config.output}/_errors", file=sys.stderr, flush=True)
-        ray_plan.stop_ray()     # an embedded Ray: its work is done, the rest needs no cluster
+    ray_plan.stop_ray()     # an embedded Ray: its work is done, the rest needs no cluster
     wall = time.perf_counter() - started
     progress = ledger.recover(config.output)
     input_rows = sum(n for n in plan.footers.rows if n is not None)

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from pipeline.cli import UsageError
 from pipeline.doc_decode import DecodeWindow, DocumentDecode
-from pipeline.job import Feed, ModelInfo, Task
+from pipeline.job import Feed, ModelInfo, Task, plan_tokenizer
 from pipeline.qa_decode import QaWindow, decode_answers, window_params
 from pipeline.stage import ERROR, Stage, StageSpec, with_errors
 from pipeline.tokenize import Tokenize, TokenizeConfig
@@ -91,9 +91,7 @@ class QaDecode(DocumentDecode):
 
 
 def _feed(config, model: ModelInfo) -> Feed:
-    from models import load_tokenizer
-
-    tokenizer = load_tokenizer(model.local)
+    tokenizer = plan_tokenizer(model)
     if tokenizer.padding_side == "left":
         raise UsageError(f"--model {config.model!r}: its tokenizer pads on the left (padding_side), for which the HF "
                          "question-answering pipeline puts the context before the question; not supported")
@@ -111,9 +109,7 @@ def _feed(config, model: ModelInfo) -> Feed:
 
 
 def _decode_spec(config, model: ModelInfo) -> StageSpec:
-    from models import load_tokenizer
-
-    return StageSpec(QaDecode, QaDecodeConfig(load_tokenizer(model.local).cls_id, config.text_column,
+    return StageSpec(QaDecode, QaDecodeConfig(plan_tokenizer(model).cls_id, config.text_column,
                                               config.top_k, config.max_answer_len, config.handle_impossible_answer))
 
 

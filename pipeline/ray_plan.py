@@ -165,11 +165,13 @@ def place(device: str, tokenizer_actors: int | None, model_actors: int | None, c
                      node_threads=threads * per_node)
 
 
-def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], dict]:
-    """Run the plan over the given input files (default: all); return (what each write returned, placement)."""
+def preflight(plan) -> Placement:
+    """Start or join Ray and make the checks only the cluster can answer (UsageError), nothing else."""
     init_ray()
-    if file_indices is None:
-        file_indices = list(range(len(plan.files.paths)))
+    return _placement(plan, list(range(len(plan.files.paths))))
+
+
+def _placement(plan, file_indices: list[int]) -> Placement:
     resources = ray.cluster_resources()
     alive = [n for n in ray.nodes() if n.get("Alive")]
     largest = max((n["Resources"] for n in alive), key=lambda r: r.get("CPU", 0.0), default={})
@@ -183,6 +185,15 @@ def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], di
     here = [n["NodeID"] for n in alive] == [ray.get_runtime_context().get_node_id()]  # the model runs on this CPU
     if not placement.use_gpu and here and (why := next(filter(None, map(slow_on_this_cpu, dtypes)), None)):
         raise UsageError(why)
+    return placement
+
+
+def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], dict]:
+    """Run the plan over the given input files (default: all); return (what each write returned, placement)."""
+    init_ray()
+    if file_indices is None:
+        file_indices = list(range(len(plan.files.paths)))
+    placement = _placement(plan, file_indices)
     infer = dataclasses.replace(
         plan.infer, config=dataclasses.replace(
             plan.infer.config, device="cuda" if placement.use_gpu else "cpu",

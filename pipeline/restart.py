@@ -30,7 +30,6 @@ LAYOUT_ONLY = frozenset({"input", "output", "overwrite", "model", "tokenizer_act
 class Start:
     run: int                            # this run's number in the output (1 for a fresh output)
     progress: ledger.Progress
-    finished: dict | None = None        # `_run.json` of an output that already has `_SUCCESS`
 
 
 def result_options(config) -> dict:
@@ -59,20 +58,29 @@ def _mismatch(old: dict, new: dict) -> str | None:
     return None
 
 
+def finished_output(output: str, identity: dict, overwrite: bool) -> dict | None:
+    """Read only: `_run.json` of an output this job already finished, else None; raise FileExistsError
+    (one line) when the output is another job's. Runs before anything that may refuse the run later
+    (the cluster's checks), so that a refused run has touched nothing."""
+    old = None if overwrite else ledger.read_job(output)
+    if old is None:
+        return None
+    reason = _mismatch(old, identity)
+    if reason:
+        raise FileExistsError(f"--output {output!r} was made with {reason}; pass --overwrite to replace it")
+    fs, root = fsspec.core.url_to_fs(output)
+    if not fs.exists(f"{root.rstrip('/')}/{SUCCESS_FILE}"):
+        return None
+    with fs.open(f"{root.rstrip('/')}/{RUN_FILE}", "r") as handle:
+        return json.load(handle)
+
+
 def open_output(output: str, identity: dict, overwrite: bool) -> Start:
-    """Decide fresh / resume / finished; raise FileExistsError (one line) when the output is another job's."""
+    """Start fresh or resume (after `finished_output`): empty or clean the folder, record this run."""
     old = None if overwrite else ledger.read_job(output)
     if old is None:
         prepare_output(output, overwrite)    # refuses a non-empty folder without a ledger
         old = {**identity, "runs": []}
-    else:
-        reason = _mismatch(old, identity)
-        if reason:
-            raise FileExistsError(f"--output {output!r} was made with {reason}; pass --overwrite to replace it")
-        fs, root = fsspec.core.url_to_fs(output)
-        if fs.exists(f"{root.rstrip('/')}/{SUCCESS_FILE}"):
-            with fs.open(f"{root.rstrip('/')}/{RUN_FILE}", "r") as handle:
-                return Start(len(old["runs"]), ledger.Progress({}, [], []), finished=json.load(handle))
     progress = ledger.recover(output)
     run = len(old["runs"]) + 1
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -165,3 +165,26 @@ def test_a_read_failure_that_does_not_repeat_is_retried_not_an_error_row(tmp_pat
     assert table.column("id").to_pylist() == [f"r{i}" for i in range(10)]
     assert table.column("_row").to_pylist() == list(range(10))
     assert table.column(ERROR).null_count == 10
+
+
+@pytest.mark.parametrize("case", ["no-tokenizer", "corrupt-tokenizer", "output-is-a-file", "unknown-protocol"])
+def test_model_and_output_problems_are_one_line_too(case, ner_checkpoint, tmp_path):
+    import shutil
+
+    corpus, model, output = tmp_path / "in", tmp_path / "model", str(tmp_path / "out")
+    write(corpus / "a.parquet", id=["1"], text=["x"])
+    shutil.copytree(ner_checkpoint, model)
+    if case == "no-tokenizer":
+        for name in ("tokenizer.json", "vocab.txt"):
+            (model / name).unlink(missing_ok=True)
+    elif case == "corrupt-tokenizer":
+        (model / "tokenizer.json").write_text('{"version": "1.0", "trunc')
+    elif case == "output-is-a-file":
+        Path(output).write_text("a file")
+    else:
+        output = "nosuchprotocol://bucket/out"
+    done = run_cli("--input", str(corpus), "--model", str(model), "--output", output)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    expected = {"no-tokenizer": "its tokenizer: no tokenizer in", "corrupt-tokenizer": "its tokenizer: ",
+                "output-is-a-file": "--output", "unknown-protocol": "--output 'nosuchprotocol://bucket/out'"}[case]
+    assert expected in done.stderr

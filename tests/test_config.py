@@ -34,6 +34,13 @@ def test_partition_column_is_kept():
     assert config.result_columns == ("id", "date", "lang")
 
 
+def test_keep_columns_split_at_commas_and_flags_are_never_abbreviated():
+    """NER's own comma splitter (--ignore-labels) once replaced the one --keep-columns shares with every job."""
+    assert parse(*REQUIRED, "--keep-columns", "date,lang").keep_columns == ("date", "lang")
+    with pytest.raises(SystemExit):
+        parse(*REQUIRED, "--over")           # argparse would take it for --overwrite
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--batch-tokens", "0"], "--batch-tokens: Input should be greater than or equal to 1 (got '0')"),
     (["--max-length", "64", "--stride", "64"], "stride=64 must be smaller than max_length=64"),

@@ -304,3 +304,18 @@ def test_identity_covers_the_models_settings_and_multi_task_layout_flags_are_fre
 
     layout = {"overwrite": True, "rows_per_file": 7, "model_actors": 1}
     assert multi() == multi(layout, batch_tokens=999) != multi(aggregation="first")
+
+
+def test_a_run_the_cluster_refuses_leaves_the_output_untouched(corpus, ner_checkpoint, reference, tmp_path):
+    """The cluster's refusals (here --device cuda without a GPU) come before the output is cleaned,
+    emptied (--overwrite) or given a ledger: a finished output stays finished."""
+    import shutil
+
+    output = tmp_path / "out"
+    shutil.copytree(reference, output)
+    before = sorted(p.relative_to(output).as_posix() for p in output.rglob("*") if p.name != ".lease.json")
+    refused = run_job(corpus, ner_checkpoint, output, "--device", "cuda", "--overwrite")
+    assert refused.returncode == 2 and "--device cuda" in refused.stdout.strip().splitlines()[-1]
+    assert sorted(p.relative_to(output).as_posix() for p in output.rglob("*") if p.name != ".lease.json") == before
+    again = run_job(corpus, ner_checkpoint, output)
+    assert again.returncode == 0 and "already complete" in again.stdout

@@ -172,7 +172,7 @@ def test_multi_config_errors_name_the_task(tasks, message, tmp_path):
 def test_example_multi_yaml_is_valid():
     config = parse_config(MultiConfig, ["--config", str(REPO / "examples/multi.yaml")], "multi_corpus.py", "")
     assert [(column, task) for column, task, _ in config.task_configs()] == \
-           [("entities", "ner"), ("sentiment", "classify"), ("embedding", "embed")]
+           [("entities", "ner"), ("embedding", "embed")]
 
 
 def test_multi_task_job_refuses_half_precision_on_a_cpu_without_it(ray_session, setup, tmp_path, monkeypatch,
