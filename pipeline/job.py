@@ -239,7 +239,7 @@ def version(package: str) -> str:
 
 def run_job(config: JobConfig, task: Task) -> dict:
     """Build, start or resume in the output (docs/restart.md), run on Ray, write `_run.json` (+ `_SUCCESS`)."""
-    from pipeline import ray_plan, restart
+    from pipeline import kill_hooks, ray_plan, restart
 
     if "://" not in config.output:  # workers must not resolve a relative output against their own cwd
         config = config.model_copy(update={"output": os.path.abspath(config.output)})
@@ -258,6 +258,8 @@ def run_job(config: JobConfig, task: Task) -> dict:
             print(f"bertbatch {task.name}: {config.output} is already complete (_SUCCESS, "
                   f"{finished['report']['documents']} rows); nothing to do", flush=True)
             return finished
+        if os.environ.get(kill_hooks.KILL_ENV):  # the test hook in workers kills this driver (before Ray starts:
+            os.environ.setdefault(kill_hooks.DRIVER_PID_ENV, str(os.getpid()))   # its workers inherit this)
         ray_plan.preflight(plan)   # the cluster's refusals (device, dtype, actors) before the output is touched
         start = restart.open_output(config.output, identity, config.overwrite)
         return _run(config, task, plan, model, max_length, identity, start)
@@ -273,8 +275,6 @@ def _run(config: JobConfig, task: Task, plan: Plan, model, max_length: int, iden
     print(f"bertbatch {task.name}: {len(plan.files.paths)} input files under {config.input} -> {config.output} "
           f"(model {config.model}, sha256 {model.fingerprint[:12]}, max_length {max_length}; run {start.run}, "
           f"{len(pending)} files to do)", flush=True)
-    if os.environ.get(kill_hooks.KILL_ENV):  # the test hook in workers kills this driver
-        os.environ.setdefault(kill_hooks.DRIVER_PID_ENV, str(os.getpid()))
     restart.record_unreadable(plan)
     kill_hooks.kill_point("start")
     started = time.perf_counter()
