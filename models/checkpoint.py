@@ -78,11 +78,12 @@ def check_architectures(config: EncoderConfig, task: str) -> None:
                               f"task {task!r} needs a {_HEAD_CLASSES[task][1]} head")
 
 
-def settings_fingerprint(folder: Path) -> str:
-    """sha256 of the folder's SETTINGS_FILES (names and contents): with the weights' fingerprint, what a
-    restart compares (another label map or tokenizer beside the same weights gives other results)."""
+def settings_fingerprint(folder: Path, names: tuple[str, ...] = SETTINGS_FILES) -> str:
+    """sha256 of the folder's files of these names (names and contents); by default SETTINGS_FILES: with
+    the weights' fingerprint, what a restart compares (another label map or tokenizer beside the same
+    weights gives other results)."""
     digest = hashlib.sha256()
-    for name in SETTINGS_FILES:
+    for name in names:
         path = Path(folder) / name
         if path.is_file():
             digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")

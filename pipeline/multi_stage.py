@@ -12,8 +12,6 @@ row of the run (the results hold only rows every task annotated).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -82,14 +80,10 @@ def combine(tasks: list[TaskStages]) -> tuple[StageSpec, StageSpec, StageSpec]:
 
 
 def tokenizer_fingerprint(folder: str) -> str:
+    from models.checkpoint import settings_fingerprint
     from models.remote import local_model_folder
 
-    local, digest = local_model_folder(folder), hashlib.sha256()   # a model on object storage: its copy here
-    for name in TOKENIZER_FILES:
-        path = Path(local) / name
-        if path.is_file():
-            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+    return settings_fingerprint(local_model_folder(folder), TOKENIZER_FILES)   # a model on object storage: its copy here
 
 
 def run_part(stage: Stage, table: pa.Table, inputs: dict[str, str], outputs: dict[str, str]) -> pa.Table:
