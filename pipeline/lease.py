@@ -4,8 +4,17 @@ A run takes the lease before it touches the output and refreshes it every HEARTB
 second run into the same output refuses while the lease is held. A lease is free when its run
 released it, when its heartbeat is older than EXPIRES_SECONDS (a run killed on another machine),
 or at once when its process is gone from this machine (a killed run restarted where it ran).
-There is no atomic create on object stores, so after writing its lease a run reads it back (on
-object stores SETTLE_SECONDS later): of two runs starting together, the overwritten one refuses.
+"This machine" means the same host, Linux boot and pid namespace: containers sharing a hostname
+(host networking) cannot see each other's pids, so between them only the heartbeat decides.
+
+Locally a missing lease is created exclusively (a hard link), so of two runs starting together
+exactly one gets it. Object stores have no exclusive create, and taking over a stale lease is an
+overwrite: there a run reads its lease back after writing it (on object stores SETTLE_SECONDS
+later), and of two runs that both wrote before either read back, the overwritten one refuses.
+
+A heartbeat's age is our clock minus the holder's: machines sharing an output are assumed to
+agree within EXPIRES_SECONDS - HEARTBEAT_SECONDS (150 s; NTP keeps them far closer). A holder's
+clock further behind makes a live run look expired; one ahead keeps a dead run's lease longer.
 See docs/restart.md.
 """
 
@@ -34,9 +43,22 @@ class OutputBusy(FileExistsError):
     """Another run holds the output's lease."""
 
 
+def _pid_space() -> dict:
+    """Where a pid names a process: the host, the Linux boot and the pid namespace (None without /proc)."""
+    space = {"host": socket.gethostname(), "boot_id": None, "pid_ns": None}
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id") as handle:
+        space["boot_id"] = handle.read().strip()
+    with contextlib.suppress(OSError):
+        space["pid_ns"] = os.readlink("/proc/self/ns/pid")
+    return space
+
+
 def _alive_here(holder: dict) -> bool:
-    """False when the holder ran on this machine and its process is gone."""
-    if holder.get("host") != socket.gethostname():
+    """False only when the holder's pid is one we can check and its process is gone.
+
+    A holder in another container with our hostname, or from an older version that recorded no boot id
+    and pid namespace, may be alive with a pid we cannot see: only its heartbeat decides."""
+    if any(holder.get(key) != value for key, value in _pid_space().items()):
         return True
     try:
         os.kill(int(holder["pid"]), 0)
@@ -50,6 +72,8 @@ def _alive_here(holder: dict) -> bool:
 class Lease:
     def __init__(self, output: str):
         self.fs, root = fsspec.core.url_to_fs(output)
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.local = protocol in ("file", "local")
         self.output = output
         self.path = f"{root.rstrip('/')}/_progress/{LEASE_FILE}"
         self.token = uuid.uuid4().hex
@@ -72,21 +96,22 @@ class Lease:
             return
         age = time.time() - float(holder.get("heartbeat", 0))
         if age < EXPIRES_SECONDS and _alive_here(holder):
+            beat = f"{max(age, 0):.0f} s ago" if age > -1 else f"{-age:.0f} s ahead of our clock"
             raise OutputBusy(
                 f"--output {self.output!r} is being written by another run (host {holder.get('host')}, "
-                f"pid {holder.get('pid')}, started {holder.get('started')}, heartbeat {age:.0f} s ago); "
+                f"pid {holder.get('pid')}, started {holder.get('started')}, heartbeat {beat}); "
                 f"one run per output. If that run is dead, rerun after {EXPIRES_SECONDS - age:.0f} s")
 
     def acquire(self) -> Lease:
         self.check_free()
         self.started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        self._write()
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        if protocol not in ("file", "local"):   # a local write is visible at once
-            time.sleep(SETTLE_SECONDS)
-        holder = self.holder()
-        if holder is None or holder.get("token") != self.token:
-            self.check_free()   # someone else's lease now: refuse with their details
+        if not (self.local and self._create()):
+            self._write()
+            if not self.local:   # a local write is visible at once
+                time.sleep(SETTLE_SECONDS)
+            holder = self.holder()
+            if holder is None or holder.get("token") != self.token:
+                self.check_free()   # someone else's lease now: refuse with their details
         self._thread = threading.Thread(target=self._beat, name="bertbatch-lease", daemon=True)
         self._thread.start()
         return self
@@ -100,11 +125,33 @@ class Lease:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm(self.path)
 
+    def _body(self) -> dict:
+        return {"token": self.token, **_pid_space(), "pid": os.getpid(), "started": self.started,
+                "heartbeat": time.time()}
+
+    def _create(self) -> bool:
+        """Create a missing local lease whole and exclusively: a hard link fails when the name exists, so
+        of two runs that both found no lease one wins and the other refuses naming it. False leaves the
+        write and read-back to acquire: a stale or unreadable lease is there, or links are unsupported."""
+        folder = self.path.rsplit("/", 1)[0]
+        os.makedirs(folder, exist_ok=True)
+        temporary = f"{folder}/.{LEASE_FILE}.{self.token}.tmp"
+        with open(temporary, "w") as handle:
+            json.dump(self._body(), handle)
+        try:
+            os.link(temporary, self.path)
+        except FileExistsError:
+            self.check_free()
+            return False
+        except OSError:   # a filesystem without hard links
+            return False
+        finally:
+            os.remove(temporary)
+        return True
+
     def _write(self) -> None:
         self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
-        body = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
-                "started": self.started, "heartbeat": time.time()}
-        put_json(self.fs, self.path, body)   # whole or nothing: a reader never sees half a lease
+        put_json(self.fs, self.path, self._body())   # whole or nothing: a reader never sees half a lease
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):

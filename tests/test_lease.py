@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,9 +20,15 @@ from tests.conftest import REPO, write_corpus
 def held_by(output, **holder) -> None:
     path = output / "_progress" / lease.LEASE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"token": "other", "host": socket.gethostname(), "pid": os.getpid(), "started": "earlier",
+    body = {"token": "other", **lease._pid_space(), "pid": os.getpid(), "started": "earlier",
             "heartbeat": time.time(), **holder}
     path.write_text(json.dumps(body))
+
+
+def dead_pid() -> int:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return dead.pid
 
 
 def test_a_live_run_on_this_machine_holds_the_output(tmp_path):
@@ -31,15 +38,64 @@ def test_a_live_run_on_this_machine_holds_the_output(tmp_path):
 
 
 def test_a_dead_process_or_a_stale_heartbeat_frees_it(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    held_by(tmp_path, pid=dead.pid)
+    held_by(tmp_path, pid=dead_pid())       # same host, boot and pid namespace: the pid is ours to check
     Lease(str(tmp_path)).acquire().release()
     held_by(tmp_path, host="another-machine", heartbeat=time.time() - lease.EXPIRES_SECONDS - 1)
     taken = Lease(str(tmp_path)).acquire()
     assert json.loads((tmp_path / "_progress" / lease.LEASE_FILE).read_text())["token"] == taken.token
     taken.release()
     assert not (tmp_path / "_progress" / lease.LEASE_FILE).exists()
+
+
+def test_a_dead_pid_under_our_hostname_but_another_pid_namespace_or_boot_holds_it(tmp_path):
+    """Containers sharing the host's name (host networking) cannot see each other's pids: a pid missing
+    here may be a live run next door, so only its heartbeat decides."""
+    for other in ({"pid_ns": "pid:[1]"}, {"boot_id": "another-boot"}):
+        held_by(tmp_path, pid=dead_pid(), **other)
+        with pytest.raises(OutputBusy, match=rf"host {re.escape(socket.gethostname())}, pid \d+"):
+            Lease(str(tmp_path)).acquire()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/ns/pid"), reason="without /proc the host alone decides")
+def test_a_lease_from_before_boot_ids_and_pid_namespaces_waits_for_its_heartbeat(tmp_path):
+    held_by(tmp_path, pid=dead_pid())
+    path = tmp_path / "_progress" / lease.LEASE_FILE
+    older = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("boot_id", "pid_ns")}
+    path.write_text(json.dumps(older))
+    with pytest.raises(OutputBusy):
+        Lease(str(tmp_path)).acquire()
+
+
+def test_of_two_runs_that_both_found_no_lease_exactly_one_takes_it(tmp_path, monkeypatch):
+    """The first run takes the lease between the second's look and its write: the second refuses."""
+    first, second = Lease(str(tmp_path)), Lease(str(tmp_path))
+    look = Lease.check_free
+
+    def first_acquires_after_the_second_looks(self):
+        look(self)
+        if self is second and first._thread is None:
+            first.acquire()
+
+    monkeypatch.setattr(Lease, "check_free", first_acquires_after_the_second_looks)
+    with pytest.raises(OutputBusy, match=rf"pid {os.getpid()}"):
+        second.acquire()
+    assert first.holder()["token"] == first.token
+    first.release()
+    assert not any((tmp_path / "_progress").iterdir())   # no temporary left behind
+
+
+def test_an_unreadable_lease_is_taken_over(tmp_path):
+    (tmp_path / "_progress").mkdir()
+    (tmp_path / "_progress" / lease.LEASE_FILE).write_text("")
+    taken = Lease(str(tmp_path)).acquire()
+    assert taken.holder()["token"] == taken.token
+    taken.release()
+
+
+def test_a_holder_clock_ahead_of_ours_is_reported_as_such(tmp_path):
+    held_by(tmp_path, host="another-machine", heartbeat=time.time() + 70)
+    with pytest.raises(OutputBusy, match=r"heartbeat \d+ s ahead of our clock\); .* rerun after 2\d\d s"):
+        Lease(str(tmp_path)).acquire()
 
 
 def test_another_machine_with_a_fresh_heartbeat_holds_it(tmp_path):
