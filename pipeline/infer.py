@@ -43,6 +43,10 @@ class InferConfig:
     def dtypes(self) -> tuple[str, ...]:
         return (self.dtype,)
 
+    def with_auto_as(self, dtype: str) -> InferConfig:
+        """This config with `dtype="auto"` replaced by what it resolved to (ray_plan.preflight)."""
+        return dataclasses.replace(self, dtype=dtype) if self.dtype == "auto" else self
+
 
 def resolve_device(device: str) -> str:
     import torch
@@ -70,6 +74,11 @@ def resolve_dtype(dtype: str, device: str):
             raise ValueError("dtype='int8' (dynamic int8 quantisation) runs on CPU only; use bfloat16 on CUDA")
         return torch.float32
     return getattr(torch, dtype)
+
+
+def auto_dtype(device: str) -> str:
+    """What `--dtype auto` is on `device` here ("cpu" or "cuda")."""
+    return str(resolve_dtype("auto", device)).removeprefix("torch.")
 
 
 def slow_on_this_cpu(dtype: str) -> str | None:

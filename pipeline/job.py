@@ -245,7 +245,7 @@ def run_job(config: JobConfig, task: Task) -> dict:
         config = config.model_copy(update={"output": os.path.abspath(config.output)})
     configure(config.storage)   # before any URL is opened: retries + --storage-options for every filesystem
     plan, model, max_length = build_plan(config, task)
-    identity = restart.job_identity(task.name, config, model, plan.files)
+    identity = restart.job_identity(task.name, config, model, plan.files, plan.infer.config.dtypes)
     try:
         lease = Lease(config.output).acquire()   # before open_output, which may clean or empty the folder
     except OutputBusy:
@@ -260,7 +260,8 @@ def run_job(config: JobConfig, task: Task) -> dict:
             return finished
         if os.environ.get(kill_hooks.KILL_ENV):  # the test hook in workers kills this driver (before Ray starts:
             os.environ.setdefault(kill_hooks.DRIVER_PID_ENV, str(os.getpid()))   # its workers inherit this)
-        ray_plan.preflight(plan)   # the cluster's refusals (device, dtype, actors) before the output is touched
+        plan = ray_plan.preflight(plan)   # the cluster's refusals (device, dtype, actors) before the output is touched
+        identity = restart.with_dtypes(identity, plan.infer.config.dtypes)
         start = restart.open_output(config.output, identity, config.overwrite)
         return _run(config, task, plan, model, max_length, identity, start)
     finally:
@@ -300,7 +301,8 @@ def _run(config: JobConfig, task: Task, plan: Plan, model, max_length: int, iden
     run = {
         "task": task.name,
         "config": {**config.model_dump(), "max_length": max_length},
-        "model": {"path": config.model, "sha256": model.fingerprint, "labels": list(model.id2label)},
+        "model": {"path": config.model, "sha256": model.fingerprint, "labels": list(model.id2label),
+                  "dtypes": identity["dtypes"]},
         "schema_version": results.SCHEMA_VERSION,
         "result_schema": str(plan.sink.config.result_schema.remove_metadata()),
         "versions": {p: version(p) for p in ("bertbatch", "ray", "torch", "pyarrow", "tokenizers")},

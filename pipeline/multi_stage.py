@@ -53,6 +53,9 @@ class MultiInferConfig:
         """The dtypes of the tasks' models (ray_plan checks them against the device)."""
         return tuple(sorted({infer.dtype for *_, infer in self.parts}))
 
+    def with_auto_as(self, dtype: str) -> MultiInferConfig:
+        return dataclasses.replace(self, parts=tuple((w, o, infer.with_auto_as(dtype)) for w, o, infer in self.parts))
+
 
 @dataclasses.dataclass(frozen=True)
 class MultiDecodeConfig:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import socket
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator
@@ -26,7 +27,7 @@ import ray
 from ray.data import ActorPoolStrategy, Datasink
 
 from pipeline.cli import UsageError
-from pipeline.infer import slow_on_this_cpu
+from pipeline.infer import auto_dtype, slow_on_this_cpu
 from pipeline.kill_hooks import kill_for_rows, kill_point
 from pipeline.ledger import done_in_flight, mark_in_flight
 from pipeline.stage import FILE_INDEX, ROW, Stage, StageSpec
@@ -42,6 +43,7 @@ WRITE_CPUS = 0.2
 # (pyproject pins ray below it); the warning is filtered where they are passed.
 ACTOR_RETRIES = {"max_restarts": 2, "max_task_retries": 2}
 TASK_RETRIES = 2            # read/decode/write tasks whose worker process died
+CONNECT_SECONDS = 10.0      # for RAY_ADDRESS's GCS port to accept a connection
 # Batches handed to one model actor ahead of the one it runs (Ray Data's default: 4). A batch queued
 # at a busy actor cannot go to an idle one: with 4, the first model actor to start took all four
 # batches of a 1,000-document corpus and ran them alone while the other idled (114 s against 77 s).
@@ -61,11 +63,24 @@ def init_ray() -> None:
     global _embedded
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
+    if address := os.environ.get("RAY_ADDRESS"):
+        _check_reachable(address)
         ray.init(address="auto")
     else:
         ray.init(include_dashboard=False)
         _embedded = True
+
+
+def _check_reachable(address: str) -> None:
+    """A `host:port` nobody answers at is a one-line error, not Ray's endless connect retries."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():   # auto, ray:// clients: Ray's own checks
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as error:
+        raise UsageError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({error}); start one "
+                         f"(ray start --head) or unset RAY_ADDRESS to run on an embedded Ray") from None
 
 
 def stop_ray(started_here_only: bool = True) -> None:
@@ -165,10 +180,22 @@ def place(device: str, tokenizer_actors: int | None, model_actors: int | None, c
                      node_threads=threads * per_node)
 
 
-def preflight(plan) -> Placement:
-    """Start or join Ray and make the checks only the cluster can answer (UsageError), nothing else."""
+def preflight(plan):
+    """Start or join Ray, make the checks only the cluster can answer (UsageError), and return the plan
+    with `--dtype auto` resolved once for the device its model actors get: every actor computes in the
+    same dtype (GPUs without bf16 would mix float16 in), and the restart identity records it."""
     init_ray()
-    return _placement(plan, list(range(len(plan.files.paths))))
+    placement = _placement(plan, list(range(len(plan.files.paths))))
+    config = plan.infer.config
+    if "auto" in config.dtypes:
+        dtype = ray.get(_probe_auto_dtype.remote()) if placement.use_gpu else auto_dtype("cpu")
+        plan = dataclasses.replace(plan, infer=dataclasses.replace(plan.infer, config=config.with_auto_as(dtype)))
+    return plan
+
+
+@ray.remote(num_cpus=0, num_gpus=0.01, max_calls=1)   # max_calls: the worker exits, with its CUDA context
+def _probe_auto_dtype() -> str:
+    return auto_dtype("cuda")
 
 
 def _placement(plan, file_indices: list[int]) -> Placement:

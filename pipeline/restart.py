@@ -37,9 +37,16 @@ def result_options(config) -> dict:
     return json.loads(json.dumps({k: v for k, v in config.model_dump().items() if k not in LAYOUT_ONLY}, default=str))
 
 
-def job_identity(task: str, config, model, files) -> dict:
+def job_identity(task: str, config, model, files, dtypes: tuple[str, ...]) -> dict:
+    """What a restart must find unchanged. `dtypes`: the models' (`--dtype auto` until `with_dtypes`)."""
     return {"task": task, "model_sha256": model.fingerprint, "model_files_sha256": model.settings_sha256,
-            "options": result_options(config), "inputs": ledger.input_identity(files.fs, files.paths)}
+            "options": result_options(config), "dtypes": list(dtypes),
+            "inputs": ledger.input_identity(files.fs, files.paths)}
+
+
+def with_dtypes(identity: dict, dtypes: tuple[str, ...]) -> dict:
+    """The identity with the dtypes the models compute in, `auto` resolved by the cluster (ray_plan.preflight)."""
+    return {**identity, "dtypes": list(dtypes)}
 
 
 def _mismatch(old: dict, new: dict) -> str | None:
@@ -49,25 +56,36 @@ def _mismatch(old: dict, new: dict) -> str | None:
         return f"another model (sha256 {old['model_sha256'][:12]}, now {new['model_sha256'][:12]})"
     if old.get("model_files_sha256", new["model_files_sha256"]) != new["model_files_sha256"]:
         return "the same weights but another config.json, tokenizer or sentence-transformers files"
-    for key in sorted(set(old["options"]) | set(new["options"])):
+    resolved = "dtypes" in old   # the dtypes computed in are compared, not --dtype (auto follows the hardware)
+    for key in sorted((set(old["options"]) | set(new["options"])) - ({"dtype"} if resolved else set())):
         if old["options"].get(key) != new["options"].get(key):
             return f"--{key.replace('_', '-')} {old['options'].get(key)!r} (now {new['options'].get(key)!r})"
+    if resolved and "auto" not in new["dtypes"] and old["dtypes"] != new["dtypes"]:   # auto: known after preflight
+        give = f", or give --dtype {old['dtypes'][0]}" if len(old["dtypes"]) == 1 else ""
+        return (f"the model computing in {', '.join(old['dtypes'])} (now {', '.join(new['dtypes'])}; --dtype auto "
+                f"follows the hardware: resume where it resolves the same{give})")
     if old["inputs"] != new["inputs"]:
         changed = next((b["path"] for a, b in zip(old["inputs"], new["inputs"]) if a != b), "the file list")
         return f"other input files (changed: {changed})"
     return None
 
 
+def _same_job(output: str, identity: dict, overwrite: bool) -> dict | None:
+    """The output's ledger identity (None: a fresh start); FileExistsError (one line) when it is another job's."""
+    old = None if overwrite else ledger.read_job(output)
+    if old is not None and (reason := _mismatch(old, identity)):
+        raise FileExistsError(f"--output {output!r} was made with {reason}; pass --overwrite to replace it")
+    return old
+
+
 def finished_output(output: str, identity: dict, overwrite: bool) -> dict | None:
     """Read only: `_run.json` of an output this job already finished, else None; raise FileExistsError
     (one line) when the output is another job's. Runs before anything that may refuse the run later
-    (the cluster's checks), so that a refused run has touched nothing."""
-    old = None if overwrite else ledger.read_job(output)
+    (the cluster's checks), so that a refused run has touched nothing: a `--dtype auto` is not compared
+    yet (`open_output` compares what the cluster resolved it to)."""
+    old = _same_job(output, identity, overwrite)
     if old is None:
         return None
-    reason = _mismatch(old, identity)
-    if reason:
-        raise FileExistsError(f"--output {output!r} was made with {reason}; pass --overwrite to replace it")
     fs, root = fsspec.core.url_to_fs(output)
     if not fs.exists(f"{root.rstrip('/')}/{SUCCESS_FILE}"):
         return None
@@ -76,8 +94,9 @@ def finished_output(output: str, identity: dict, overwrite: bool) -> dict | None
 
 
 def open_output(output: str, identity: dict, overwrite: bool) -> Start:
-    """Start fresh or resume (after `finished_output`): empty or clean the folder, record this run."""
-    old = None if overwrite else ledger.read_job(output)
+    """Start fresh or resume (after `finished_output`; `identity` now `with_dtypes`): empty or clean the
+    folder, record this run."""
+    old = _same_job(output, identity, overwrite)
     if old is None:
         prepare_output(output, overwrite)    # refuses a non-empty folder without a ledger
         old = {**identity, "runs": []}

@@ -26,9 +26,9 @@ ERRORS = {"null-text": "null_text", "too-long": "text_too_long", "bad-bytes": "i
           "lone-surrogate": "invalid_utf8"}
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "jobs/ner_corpus.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
 
 
 def text_array(values: list) -> pa.Array:
@@ -188,3 +188,19 @@ def test_model_and_output_problems_are_one_line_too(case, ner_checkpoint, tmp_pa
     expected = {"no-tokenizer": "its tokenizer: no tokenizer in", "corrupt-tokenizer": "its tokenizer: ",
                 "output-is-a-file": "--output", "unknown-protocol": "--output 'nosuchprotocol://bucket/out'"}[case]
     assert expected in done.stderr
+
+
+def test_a_ray_address_nobody_answers_at_is_one_line_not_a_wait(ner_checkpoint, tmp_path):
+    """Ray itself retries a dead GCS address for minutes; the job says so at once (exit 2)."""
+    import os
+    import socket
+
+    with socket.socket() as probe:   # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    corpus = tmp_path / "in"
+    write(corpus / "a.parquet", id=["1"], text=["x"])
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    done = run_cli("--input", str(corpus), "--model", str(ner_checkpoint), "--output", str(tmp_path / "out"), env=env)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert f"RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers there" in done.stderr

@@ -51,3 +51,20 @@ def test_ner_job_on_the_gpu_equals_cpu(ray_session, ner_checkpoint, tmp_path):
         entities[device] = {row["id"]: [(e["label"], e["start"], e["end"]) for e in row["entities"]]
                             for row in table.to_pylist()}
     assert entities["cuda"] == entities["cpu"]
+
+
+def test_auto_dtype_is_resolved_once_on_a_gpu_and_recorded(ray_session, ner_checkpoint, tmp_path):
+    """--dtype auto on CUDA: one GPU is asked (ray_plan.preflight); every actor and the ledger use its answer."""
+    import json
+
+    from pipeline.config import NerConfig
+    from pipeline.job import run_job
+    from pipeline.ner_task import NER_TASK
+    from tests.conftest import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    run = run_job(NerConfig(input=str(corpus), output=str(tmp_path / "out"), model=str(ner_checkpoint),
+                            device="cuda"), NER_TASK)
+    expected = ["bfloat16" if torch.cuda.is_bf16_supported() else "float16"]
+    assert run["model"]["dtypes"] == expected and run["complete"]
+    assert json.loads((tmp_path / "out" / "_progress" / "_job.json").read_text())["dtypes"] == expected

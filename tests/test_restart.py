@@ -280,7 +280,7 @@ def test_identity_covers_the_models_settings_and_multi_task_layout_flags_are_fre
     from pipeline.job import build_plan
     from pipeline.multi_task import multi_task
     from pipeline.ner_task import NER_TASK
-    from pipeline.restart import _mismatch, job_identity
+    from pipeline.restart import _mismatch, job_identity, with_dtypes
 
     corpus = write_corpus(tmp_path / "corpus", shards=1, rows_per_shard=6)
     relabelled = tmp_path / "relabelled"
@@ -289,13 +289,25 @@ def test_identity_covers_the_models_settings_and_multi_task_layout_flags_are_fre
     config["id2label"] = {k: v.replace("PER", "PERSON") for k, v in config["id2label"].items()}
     (relabelled / "config.json").write_text(json.dumps(config))
 
-    def identity(model):
-        job = NerConfig(input=str(corpus), output=str(tmp_path / "out"), model=str(model))
+    def identity(model, **options):
+        job = NerConfig(input=str(corpus), output=str(tmp_path / "out"), model=str(model), **options)
         plan, info, _ = build_plan(job, NER_TASK)
-        return job_identity("ner", job, info, plan.files)
+        return job_identity("ner", job, info, plan.files, plan.infer.config.dtypes)
 
     assert _mismatch(identity(ner_checkpoint), identity(ner_checkpoint)) is None
     assert "another config.json, tokenizer" in _mismatch(identity(ner_checkpoint), identity(relabelled))
+
+    # --dtype: the dtype the model computed in (auto resolved by the cluster) is what counts
+    auto = identity(ner_checkpoint)
+    ran_fp32, ran_bf16 = with_dtypes(auto, ("float32",)), with_dtypes(auto, ("bfloat16",))
+    assert _mismatch(ran_fp32, auto) is None and _mismatch(ran_bf16, auto) is None   # not resolved yet: later
+    assert _mismatch(ran_fp32, with_dtypes(auto, ("float32",))) is None
+    assert _mismatch(ran_fp32, identity(ner_checkpoint, dtype="float32")) is None     # auto ran as float32
+    refused = _mismatch(ran_bf16, with_dtypes(auto, ("float32",)))
+    assert refused.startswith("the model computing in bfloat16 (now float32") and "--dtype bfloat16" in refused
+    assert "computing in bfloat16" in _mismatch(ran_bf16, identity(ner_checkpoint, dtype="float32"))
+    before = {k: v for k, v in auto.items() if k != "dtypes"}   # a ledger of an earlier version: --dtype as given
+    assert _mismatch(before, identity(ner_checkpoint, dtype="float32")) == "--dtype 'auto' (now 'float32')"
 
     def multi(shared=None, **flags):
         tasks = {"entities": {"task": "ner", "model": str(ner_checkpoint), **flags}}
@@ -319,3 +331,20 @@ def test_a_run_the_cluster_refuses_leaves_the_output_untouched(corpus, ner_check
     assert sorted(p.relative_to(output).as_posix() for p in output.rglob("*") if p.name != ".lease.json") == before
     again = run_job(corpus, ner_checkpoint, output)
     assert again.returncode == 0 and "already complete" in again.stdout
+
+
+def test_a_resume_that_would_compute_in_another_dtype_refuses(corpus, ner_checkpoint, reference, tmp_path):
+    """--dtype auto ran as float32 here; an output whose earlier runs computed in bfloat16 (--dtype auto
+    on a GPU) is not resumed in float32: its rows would mix the two."""
+    import shutil
+
+    assert json.loads((reference / "_progress" / "_job.json").read_text())["dtypes"] == ["float32"]
+    assert json.loads((reference / "_run.json").read_text())["model"]["dtypes"] == ["float32"]
+    output = tmp_path / "out"
+    shutil.copytree(reference, output)
+    job = json.loads((output / "_progress" / "_job.json").read_text())
+    (output / "_progress" / "_job.json").write_text(json.dumps({**job, "dtypes": ["bfloat16"]}))
+    (output / "_SUCCESS").unlink()
+    refused = run_job(corpus, ner_checkpoint, output)
+    assert refused.returncode != 0
+    assert "was made with the model computing in bfloat16 (now float32" in refused.stdout.strip().splitlines()[-1]

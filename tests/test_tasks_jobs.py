@@ -115,6 +115,7 @@ def test_multi_task_job_equals_the_single_task_jobs(runs):
                                 f"{column}:{doc_id}")
     run = json.loads(Path(runs["multi"], "_run.json").read_text())
     assert run["task"] == "multi" and run["complete"] and Path(runs["multi"], "_SUCCESS").exists()
+    assert run["model"]["dtypes"] == ["float32"]   # every task's --dtype auto, as resolved on this CPU
     labels = duckdb.sql(f"SELECT id, topics.label, answer.answer, len(vector.embedding) "
                         f"FROM read_parquet('{runs['multi']}/*.parquet') ORDER BY id").fetchall()
     assert [(r[0], r[1]) for r in labels] == sorted((i, row["topics"]["label"]) for i, row in multi.items())
