@@ -31,12 +31,12 @@ def build_parser(config_cls: type[BaseModel], prog: str, description: str) -> ar
         flag = "--" + name.replace("_", "-")
         default = "" if field.is_required() or field.default is None else f" (default: {_show(field.default)})"
         help_text = f"{field.description or ''}{default}"
+        if (field.json_schema_extra or {}).get("hidden"):   # parsed (and checked), not listed
+            help_text = argparse.SUPPRESS
         kind = _kind(field.annotation)
         if kind is dict:  # nested options (a multi-task run's `tasks`) come from the YAML file only
             continue
-        if kind is bool:
-            parser.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=help_text)
-        elif kind == "bool | None":  # unset keeps the model's own setting: --flag / --no-flag
+        if kind in (bool, "bool | None"):  # --flag / --no-flag: a flag can undo the YAML either way
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)
         elif kind is tuple:

@@ -127,6 +127,11 @@ class ClassifyConfig(JobConfig):
 
 
 class QaConfig(JobConfig):
+    max_length: int | None = Field(
+        None, ge=8, description="tokens per window, question and special tokens included (default: the model's "
+                                "maximum, at most 384, as the HF question-answering pipeline)")
+    stride: int = Field(0, ge=0, json_schema_extra={"hidden": True},   # one JobConfig option; QA has --doc-stride
+                        description="not used: question answering windows with --doc-stride")
     question: str | None = Field(None, description="one question asked of every row's text (the context)")
     question_column: str | None = Field(None, description="column holding each row's question")
     top_k: int = Field(1, ge=1, description="answers kept in `answers`, best first")
@@ -151,6 +156,9 @@ class QaConfig(JobConfig):
 
 
 class EmbedConfig(JobConfig):
+    max_length: int | None = Field(
+        None, ge=8, description="tokens per window, special tokens included (default: the model's "
+                                "sentence-transformers max_seq_length, else the model's maximum)")
     pooling: Literal["cls", "mean", "max"] | None = Field(
         None, description="pooling of token vectors (default: the model's sentence-transformers config, else mean)")
     normalize: bool | None = Field(

@@ -29,6 +29,29 @@ def test_flags_override_yaml(tmp_path):
     assert config.keep_columns == ("date", "lang") and config.ignore_labels == ("O", "MISC")
 
 
+def test_a_flag_turns_a_yaml_boolean_off(tmp_path):
+    from pipeline.config import QaConfig
+
+    yaml_file, qa_file = tmp_path / "job.yaml", tmp_path / "qa.yaml"
+    yaml_file.write_text("input: a/\noutput: b/\nmodel: m/\noverwrite: true\n")
+    qa_file.write_text(yaml_file.read_text() + "question: Who?\nhandle_impossible_answer: true\n")
+    assert parse("--config", str(yaml_file)).overwrite
+    assert not parse("--config", str(yaml_file), "--no-overwrite").overwrite
+    qa = parse_config(QaConfig, ["--config", str(qa_file), "--no-handle-impossible-answer"], "qa_corpus.py", "")
+    assert not qa.handle_impossible_answer and qa.overwrite
+
+
+def test_help_states_each_tasks_own_defaults():
+    from pipeline.config import EmbedConfig, QaConfig
+
+    qa = build_parser(QaConfig, "qa_corpus.py", "").format_help()
+    assert "at most 384" in qa and "--stride" not in qa.replace("--doc-stride", "")   # QA windows with --doc-stride
+    assert "max_seq_length" in build_parser(EmbedConfig, "embed_corpus.py", "").format_help()
+    assert "--stride" in build_parser(NerConfig, "ner_corpus.py", "").format_help()
+    with pytest.raises(UsageError, match="question answering windows with --doc-stride"):   # still parsed
+        parse_config(QaConfig, [*REQUIRED, "--question", "Who?", "--stride", "8"], "qa_corpus.py", "")
+
+
 def test_partition_column_is_kept():
     config = parse(*REQUIRED, "--keep-columns", "date", "--partition-by", "lang")
     assert config.result_columns == ("id", "date", "lang")
