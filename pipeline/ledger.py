@@ -20,6 +20,8 @@ from collections.abc import Iterable
 import fsspec
 import numpy as np
 
+from pipeline.storage import is_object_store
+
 PROGRESS_DIR = "_progress"
 JOB_FILE = "_job.json"
 IN_FLIGHT_DIR = ".in_flight"            # markers of batches an actor is working on (mark_in_flight)
@@ -74,10 +76,10 @@ def _join(root: str, *parts: str) -> str:
 
 
 def put_json(fs, path: str, value: dict) -> None:
-    """Whole or nothing: local files go through a temporary name; an object store PUT is atomic already."""
+    """Whole or nothing: an object store PUT is atomic already; elsewhere (local, HDFS, SFTP, ...) the
+    file is written under a temporary name and renamed, as the sink does with part files."""
     data = json.dumps(value, default=str)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol not in ("file", "local"):
+    if is_object_store(fs):
         fs.pipe_file(path, data.encode())
         return
     folder, name = path.rsplit("/", 1)

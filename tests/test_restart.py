@@ -212,6 +212,34 @@ def test_ledger_ranges_and_orphans(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["_errors", "_progress", "part-00000-000000000000.parquet"]
 
 
+def test_a_ledger_write_cut_short_on_a_filesystem_with_rename_leaves_the_old_entry(tmp_path, monkeypatch):
+    """HDFS, SFTP and the like rename like a local disk: an entry goes through a temporary name there too
+    (written in place, a crash mid-write left half a JSON where the previous entry was)."""
+    from fsspec.implementations.dirfs import DirFileSystem
+    from fsspec.implementations.local import LocalFileSystem
+
+    from pipeline import ledger
+
+    fs = DirFileSystem(str(tmp_path), fs=LocalFileSystem())   # protocol "dir": neither local nor an object store
+    fs.makedirs("_progress")
+    ledger.put_json(fs, "_progress/entry.json", {"rows": 1})
+    opened = LocalFileSystem.open
+
+    def crash_mid_write(self, path, mode="rb", **kwargs):
+        handle = opened(self, path, mode, **kwargs)
+        if "w" in mode:
+            handle.write(b'{"rows"' if "b" in mode else '{"rows"')
+            handle.close()
+            raise OSError("the process died here")
+        return handle
+
+    monkeypatch.setattr(LocalFileSystem, "open", crash_mid_write)
+    with pytest.raises(OSError, match="died"):
+        ledger.put_json(fs, "_progress/entry.json", {"rows": 2})
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "_progress" / "entry.json").read_text()) == {"rows": 1}
+
+
 def test_in_flight_markers_name_the_batch_that_was_retried(tmp_path):
     """Unit level: a finished batch clears its marker; of those left, the most retried are the suspects."""
     from pipeline import ledger
