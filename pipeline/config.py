@@ -45,6 +45,10 @@ class JobConfig(BaseModel):
         None, ge=1, description="model actors (one GPU each on CUDA); default: one per GPU, on CPU one "
                                 "single-threaded actor per core (fewer when the node's memory or the corpus "
                                 "is small, each then with more threads)")
+    wait_for_gpus: float = Field(
+        600, ge=0, description="on a joined cluster, seconds to wait for GPUs the run needs and does not have "
+                               "(--device cuda, or more --model-actors than GPUs): its autoscaler is asked for "
+                               "them; then the run refuses. An embedded Ray refuses at once")
     docs_per_batch: int | None = Field(
         None, ge=1, description="documents per batch handed to a tokenizer/model actor; default: 256 on CPU, "
                                 "2048 on GPU (a GPU runs 256 documents in milliseconds)")

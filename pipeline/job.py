@@ -98,6 +98,7 @@ class Plan:
     footers: Footers                # rows per input file; shards whose footer cannot be read
     storage: StorageOptions = StorageOptions()   # configured in every worker (pipeline/storage.py)
     model_bytes: int = 0            # weight bytes of the model(s) each model actor loads
+    wait_for_gpus: float = 0.0      # seconds a joined cluster may take to bring up missing GPUs
 
 
 def inspect_model(folder: str, model_task: str = "base") -> ModelInfo:
@@ -214,6 +215,7 @@ def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
         footers=footers,
         storage=config.storage,
         model_bytes=model.weight_bytes,
+        wait_for_gpus=config.wait_for_gpus,
     )
     try:
         check_chain((*read_columns, FILE_INDEX, SOURCE, ROW, ERROR),

@@ -18,6 +18,7 @@ import dataclasses
 import math
 import os
 import socket
+import time
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator
@@ -44,6 +45,7 @@ WRITE_CPUS = 0.2
 ACTOR_RETRIES = {"max_restarts": 2, "max_task_retries": 2}
 TASK_RETRIES = 2            # read/decode/write tasks whose worker process died
 CONNECT_SECONDS = 10.0      # for RAY_ADDRESS's GCS port to accept a connection
+GPU_POLL_SECONDS, GPU_WAIT_REPORT_SECONDS = 2.0, 30.0   # while a joined cluster brings up GPUs
 # Batches handed to one model actor ahead of the one it runs (Ray Data's default: 4). A batch queued
 # at a busy actor cannot go to an idle one: with 4, the first model actor to start took all four
 # batches of a 1,000-document corpus and ran them alone while the other idled (114 s against 77 s).
@@ -199,13 +201,19 @@ def _probe_auto_dtype() -> str:
 
 
 def _placement(plan, file_indices: list[int]) -> Placement:
+    waited = _wait_for_gpus(plan.infer.config.device, plan.model_actors, plan.wait_for_gpus)
     resources = ray.cluster_resources()
     alive = [n for n in ray.nodes() if n.get("Alive")]
     largest = max((n["Resources"] for n in alive), key=lambda r: r.get("CPU", 0.0), default={})
     rows = sum(plan.footers.rows[i] or 0 for i in file_indices)
-    placement = place(plan.infer.config.device, plan.tokenizer_actors, plan.model_actors,
-                      resources.get("CPU", 1.0), resources.get("GPU", 0.0), largest.get("CPU"),
-                      largest.get("memory"), plan.model_bytes, rows, plan.docs_per_batch)
+    try:
+        placement = place(plan.infer.config.device, plan.tokenizer_actors, plan.model_actors,
+                          resources.get("CPU", 1.0), resources.get("GPU", 0.0), largest.get("CPU"),
+                          largest.get("memory"), plan.model_bytes, rows, plan.docs_per_batch)
+    except UsageError as error:
+        if not waited:
+            raise
+        raise UsageError(f"{error} (after {waited:.0f} s of waiting for its autoscaler: --wait-for-gpus)") from None
     dtypes = plan.infer.config.dtypes   # a multi-task job: every task's model
     if placement.use_gpu and "int8" in dtypes:
         raise UsageError("--dtype int8 (dynamic quantisation) runs on CPU only; use --device cpu or --dtype bfloat16")
@@ -213,6 +221,35 @@ def _placement(plan, file_indices: list[int]) -> Placement:
     if not placement.use_gpu and here and (why := next(filter(None, map(slow_on_this_cpu, dtypes)), None)):
         raise UsageError(why)
     return placement
+
+
+def _wait_for_gpus(device: str, model_actors: int | None, seconds: float) -> float:
+    """A joined cluster may autoscale (GPU groups scaled to zero, `min_workers` below what a run needs):
+    when the run needs more GPUs than are up (`--device cuda`, or more `--model-actors` than the GPUs of
+    a cluster that has some), ask its autoscaler for them and wait up to `seconds`; `place` then
+    refuses what is still missing. The request is withdrawn once they are up (Ray Data's actors take
+    them at once) or the wait ends: a refused run leaves no standing request that keeps GPU nodes up.
+    Returns the seconds waited."""
+    have = ray.cluster_resources().get("GPU", 0.0)
+    wanted = (model_actors or 1) if device == "cuda" else (model_actors or 0) if device == "auto" and have else 0
+    if _embedded or have >= wanted or not seconds:   # an embedded Ray has no GPUs to add
+        return 0.0
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[{"GPU": 1}] * wanted)
+    started = time.monotonic()
+    deadline, said = started + seconds, -GPU_WAIT_REPORT_SECONDS
+    try:
+        while have < wanted and time.monotonic() < deadline:
+            if time.monotonic() >= said + GPU_WAIT_REPORT_SECONDS:
+                print(f"bertbatch: the cluster has {have:g} of the {wanted} GPUs this run needs; its autoscaler "
+                      f"is asked for them (waiting up to {deadline - time.monotonic():.0f} s more)", flush=True)
+                said = time.monotonic()
+            time.sleep(max(0.0, min(GPU_POLL_SECONDS, deadline - time.monotonic())))
+            have = ray.cluster_resources().get("GPU", 0.0)
+    finally:
+        request_resources(bundles=[])
+    return time.monotonic() - started
 
 
 def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], dict]:

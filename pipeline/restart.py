@@ -23,7 +23,8 @@ ISOLATION_PASSES = 3        # runs after a fatal worker crash, each without the 
 # Options that change how the work is spread, how files are cut or how storage is reached (and may hold
 # credentials, never written to the ledger), never a result row's values.
 LAYOUT_ONLY = frozenset({"input", "output", "overwrite", "model", "tokenizer_actors", "model_actors",
-                         "docs_per_batch", "batch_tokens", "rows_per_file", "device", "storage_options"})
+                         "docs_per_batch", "batch_tokens", "rows_per_file", "device", "storage_options",
+                         "wait_for_gpus"})
 
 
 @dataclasses.dataclass

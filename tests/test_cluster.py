@@ -7,6 +7,7 @@ auth through the environment only, teardown by our own pids): see tests/ray_clus
 
 from __future__ import annotations
 
+import re
 import sys
 import urllib.error
 from collections.abc import Iterator
@@ -76,6 +77,22 @@ def test_ner_job_submitted_to_the_cluster_annotates_every_row(cluster: LoopbackC
               if errors_dir.is_dir() and any(errors_dir.iterdir()) else [])
     assert sorted(results + errors) == sorted(ids)
     assert not errors
+
+
+def test_a_run_needing_gpus_the_cluster_lacks_asks_waits_then_refuses(cluster: LoopbackCluster,
+                                                                       tmp_path: Path) -> None:
+    """A joined cluster may bring up GPU nodes: the run asks its autoscaler (this one has none) and waits
+    --wait-for-gpus seconds before refusing, instead of refusing at once (or running on CPU)."""
+    model, _ = make_checkpoint(tmp_path / "model", "bert", "ner")
+    _write_corpus(tmp_path / "corpus", docs=4)
+    status, logs = cluster.submit(
+        "python", "jobs/ner_corpus.py", "--input", str(tmp_path / "corpus"), "--output", str(tmp_path / "out"),
+        "--model", str(model), "--device", "cuda", "--wait-for-gpus", "3")
+    assert status == "FAILED", logs[-3000:]
+    assert "the cluster has 0 of the 1 GPUs this run needs; its autoscaler is asked for them" in logs
+    assert re.search(r"--device cuda: the Ray cluster has no GPU; use --device auto or cpu \(after [34] s of "
+                     r"waiting for its autoscaler: --wait-for-gpus\)", logs)
+    assert not list((tmp_path / "out").glob("part-*"))
 
 
 def _ids(folder: Path) -> list:
