@@ -7,6 +7,7 @@ its result columns (`Task`); reading, validation, tokenization, inference and wr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -131,12 +132,17 @@ def inspect_model(folder: str, model_task: str = "base") -> ModelInfo:
 
 def plan_tokenizer(model: ModelInfo):
     """The model's tokenizer, for the plan's checks; a folder without a usable one is a UsageError."""
-    from models import load_tokenizer
-
     try:
-        return load_tokenizer(model.local)
+        return _tokenizer(model.local, model.settings_sha256)
     except Exception as error:  # noqa: BLE001 - tokenizers raises a bare Exception on a corrupt tokenizer.json
         raise UsageError(f"--model {model.folder!r}: its tokenizer: {str(error).splitlines()[0]}") from None
+
+
+@functools.lru_cache(maxsize=4)   # a plan asks several times (windows, decode); the hash keys the files' bytes
+def _tokenizer(folder: str, settings_sha256: str):
+    from models import load_tokenizer
+
+    return load_tokenizer(folder)
 
 
 def resolve_max_length(config: JobConfig, model: ModelInfo) -> int:
