@@ -67,7 +67,8 @@ def resolve_dtype(dtype: str, device: str):
         raise ValueError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
     if dtype == "auto":
         if device == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            # bf16 units (Ampere and later); torch would also say yes where it only emulates them (T4, V100)
+            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
         return torch.float32
     if dtype == "int8":     # loaded in fp32, then quantised (models.loading.quantize_int8)
         if device != "cpu":

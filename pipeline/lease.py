@@ -7,10 +7,10 @@ or at once when its process is gone from this machine (a killed run restarted wh
 "This machine" means the same host, Linux boot and pid namespace: containers sharing a hostname
 (host networking) cannot see each other's pids, so between them only the heartbeat decides.
 
-Locally a missing lease is created exclusively (a hard link), so of two runs starting together
-exactly one gets it. Object stores have no exclusive create, and taking over a stale lease is an
-overwrite: there a run reads its lease back after writing it (on object stores SETTLE_SECONDS
-later), and of two runs that both wrote before either read back, the overwritten one refuses.
+Locally a run looks at the lease and writes its own under a file lock, so of two runs starting
+together (on a missing or a stale lease) exactly one gets it. Object stores have no lock or
+exclusive create: there a run reads its lease back SETTLE_SECONDS after writing it, and of two
+runs that both wrote before either read back, the overwritten one refuses.
 
 A heartbeat's age is our clock minus the holder's: machines sharing an output are assumed to
 agree within EXPIRES_SECONDS - HEARTBEAT_SECONDS (150 s; NTP keeps them far closer). A holder's
@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import json
 import os
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import fsspec
 
@@ -37,6 +39,7 @@ HEARTBEAT_SECONDS = 30.0
 EXPIRES_SECONDS = 180.0
 SETTLE_SECONDS = 1.0
 LEASE_FILE = ".lease.json"
+LOCK_FILE = ".lease.lock"        # local filesystems: held while a run looks at the lease and writes its own
 
 
 class OutputBusy(FileExistsError):
@@ -58,8 +61,9 @@ def _alive_here(holder: dict) -> bool:
 
     A holder in another container with our hostname, or from an older version that recorded no boot id
     and pid namespace, may be alive with a pid we cannot see: only its heartbeat decides."""
-    if any(holder.get(key) != value for key, value in _pid_space().items()):
-        return True
+    space = _pid_space()
+    if any(holder.get(key) != value for key, value in space.items()) or (space["boot_id"] and not space["pid_ns"]):
+        return True   # (a Linux whose pid namespace cannot be read: a container we cannot tell apart)
     try:
         os.kill(int(holder["pid"]), 0)
     except ProcessLookupError:
@@ -103,12 +107,14 @@ class Lease:
                 f"one run per output. If that run is dead, rerun after {EXPIRES_SECONDS - age:.0f} s")
 
     def acquire(self) -> Lease:
-        self.check_free()
-        self.started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        if not (self.local and self._create()):
-            self._write()
-            if not self.local:   # a local write is visible at once
-                time.sleep(SETTLE_SECONDS)
+        if self.local:
+            with self._locked():   # the look and the write as one step: of two runs, one takes it
+                self.check_free()
+                self._take()
+        else:
+            self.check_free()
+            self._take()
+            time.sleep(SETTLE_SECONDS)
             holder = self.holder()
             if holder is None or holder.get("token") != self.token:
                 self.check_free()   # someone else's lease now: refuse with their details
@@ -129,25 +135,19 @@ class Lease:
         return {"token": self.token, **_pid_space(), "pid": os.getpid(), "started": self.started,
                 "heartbeat": time.time()}
 
-    def _create(self) -> bool:
-        """Create a missing local lease whole and exclusively: a hard link fails when the name exists, so
-        of two runs that both found no lease one wins and the other refuses naming it. False leaves the
-        write and read-back to acquire: a stale or unreadable lease is there, or links are unsupported."""
+    def _take(self) -> None:
+        self.started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        self._write()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An exclusive lock (flock: between processes, NFS included) on `_progress/.lease.lock`, a file
+        that stays: removing it could let a run lock a name another run has just replaced."""
         folder = self.path.rsplit("/", 1)[0]
         os.makedirs(folder, exist_ok=True)
-        temporary = f"{folder}/.{LEASE_FILE}.{self.token}.tmp"
-        with open(temporary, "w") as handle:
-            json.dump(self._body(), handle)
-        try:
-            os.link(temporary, self.path)
-        except FileExistsError:
-            self.check_free()
-            return False
-        except OSError:   # a filesystem without hard links
-            return False
-        finally:
-            os.remove(temporary)
-        return True
+        with open(f"{folder}/{LOCK_FILE}", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
 
     def _write(self) -> None:
         self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)

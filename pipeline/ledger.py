@@ -20,8 +20,6 @@ from collections.abc import Iterable
 import fsspec
 import numpy as np
 
-from pipeline.storage import is_object_store
-
 PROGRESS_DIR = "_progress"
 JOB_FILE = "_job.json"
 IN_FLIGHT_DIR = ".in_flight"            # markers of batches an actor is working on (mark_in_flight)
@@ -76,10 +74,12 @@ def _join(root: str, *parts: str) -> str:
 
 
 def put_json(fs, path: str, value: dict) -> None:
-    """Whole or nothing: an object store PUT is atomic already; elsewhere (local, HDFS, SFTP, ...) the
-    file is written under a temporary name and renamed, as the sink does with part files."""
+    """Whole or nothing on local disks (a temporary name, renamed over the old file) and object stores (one
+    PUT). Other filesystems get one write in place: their rename does not always replace a file (WebHDFS
+    RENAME onto an existing name fails without an error), so there a crash mid-write can cut an entry."""
     data = json.dumps(value, default=str)
-    if is_object_store(fs):
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol not in ("file", "local"):
         fs.pipe_file(path, data.encode())
         return
     folder, name = path.rsplit("/", 1)

@@ -18,7 +18,6 @@ import dataclasses
 import math
 import os
 import socket
-import time
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator
@@ -27,7 +26,8 @@ import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, Datasink
 
-from pipeline.cli import UsageError
+from pipeline.cli import UsageError, one_line_reason
+from pipeline.gpu_wait import wait_for_gpus
 from pipeline.infer import auto_dtype, slow_on_this_cpu
 from pipeline.kill_hooks import kill_for_rows, kill_point
 from pipeline.ledger import done_in_flight, mark_in_flight
@@ -45,7 +45,7 @@ WRITE_CPUS = 0.2
 ACTOR_RETRIES = {"max_restarts": 2, "max_task_retries": 2}
 TASK_RETRIES = 2            # read/decode/write tasks whose worker process died
 CONNECT_SECONDS = 10.0      # for RAY_ADDRESS's GCS port to accept a connection
-GPU_POLL_SECONDS, GPU_WAIT_REPORT_SECONDS = 2.0, 30.0   # while a joined cluster brings up GPUs
+PROBE_SECONDS = 300.0       # for a GPU to run the --dtype auto probe (other jobs may hold them all)
 # Batches handed to one model actor ahead of the one it runs (Ray Data's default: 4). A batch queued
 # at a busy actor cannot go to an idle one: with 4, the first model actor to start took all four
 # batches of a 1,000-document corpus and ran them alone while the other idled (114 s against 77 s).
@@ -79,7 +79,7 @@ def _check_reachable(address: str) -> None:
     if "://" in address or not host or not port.isdigit():   # auto, ray:// clients: Ray's own checks
         return
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()   # [::1]:6379
     except OSError as error:
         raise UsageError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({error}); start one "
                          f"(ray start --head) or unset RAY_ADDRESS to run on an embedded Ray") from None
@@ -184,24 +184,38 @@ def place(device: str, tokenizer_actors: int | None, model_actors: int | None, c
 
 def preflight(plan):
     """Start or join Ray, make the checks only the cluster can answer (UsageError), and return the plan
-    with `--dtype auto` resolved once for the device its model actors get: every actor computes in the
-    same dtype (GPUs without bf16 would mix float16 in), and the restart identity records it."""
+    with `--dtype auto` resolved once for the device its model actors get (every actor computes in the
+    same dtype, which the restart identity records) and that device pinned: `execute` places the work
+    again, and waits for or refuses a GPU gone since rather than compute a GPU's dtype on the CPU."""
     init_ray()
     placement = _placement(plan, list(range(len(plan.files.paths))))
     config = plan.infer.config
     if "auto" in config.dtypes:
-        dtype = ray.get(_probe_auto_dtype.remote()) if placement.use_gpu else auto_dtype("cpu")
-        plan = dataclasses.replace(plan, infer=dataclasses.replace(plan.infer, config=config.with_auto_as(dtype)))
-    return plan
+        config = config.with_auto_as(_cuda_auto_dtype() if placement.use_gpu else auto_dtype("cpu"))
+    config = dataclasses.replace(config, device="cuda" if placement.use_gpu else "cpu")
+    return dataclasses.replace(plan, infer=dataclasses.replace(plan.infer, config=config))
 
 
-@ray.remote(num_cpus=0, num_gpus=0.01, max_calls=1)   # max_calls: the worker exits, with its CUDA context
+def _cuda_auto_dtype() -> str:
+    """What `--dtype auto` is on the cluster's GPUs, asked of one by a tiny task (the driver may have none)."""
+    probe = _probe_auto_dtype.remote()
+    try:
+        return ray.get(probe, timeout=PROBE_SECONDS)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(probe, force=True)
+        raise UsageError(f"--dtype auto: no GPU of the cluster was free to tell within {PROBE_SECONDS:.0f} s whether "
+                         "it computes in bfloat16; give --dtype bfloat16 or float16") from None
+    except ray.exceptions.RayError as error:
+        raise UsageError(f"--dtype auto: asking a GPU for its dtype failed: {one_line_reason(error)}") from None
+
+
+@ray.remote(num_cpus=0, num_gpus=0.01)   # GPU tasks' workers exit after each call (Ray's max_calls=1), CUDA context too
 def _probe_auto_dtype() -> str:
     return auto_dtype("cuda")
 
 
 def _placement(plan, file_indices: list[int]) -> Placement:
-    waited = _wait_for_gpus(plan.infer.config.device, plan.model_actors, plan.wait_for_gpus)
+    missing = wait_for_gpus(plan.infer.config.device, plan.model_actors, plan.wait_for_gpus)
     resources = ray.cluster_resources()
     alive = [n for n in ray.nodes() if n.get("Alive")]
     largest = max((n["Resources"] for n in alive), key=lambda r: r.get("CPU", 0.0), default={})
@@ -211,9 +225,9 @@ def _placement(plan, file_indices: list[int]) -> Placement:
                           resources.get("CPU", 1.0), resources.get("GPU", 0.0), largest.get("CPU"),
                           largest.get("memory"), plan.model_bytes, rows, plan.docs_per_batch)
     except UsageError as error:
-        if not waited:
+        if not missing:
             raise
-        raise UsageError(f"{error} (after {waited:.0f} s of waiting for its autoscaler: --wait-for-gpus)") from None
+        raise UsageError(f"{error} ({missing})") from None
     dtypes = plan.infer.config.dtypes   # a multi-task job: every task's model
     if placement.use_gpu and "int8" in dtypes:
         raise UsageError("--dtype int8 (dynamic quantisation) runs on CPU only; use --device cpu or --dtype bfloat16")
@@ -221,35 +235,6 @@ def _placement(plan, file_indices: list[int]) -> Placement:
     if not placement.use_gpu and here and (why := next(filter(None, map(slow_on_this_cpu, dtypes)), None)):
         raise UsageError(why)
     return placement
-
-
-def _wait_for_gpus(device: str, model_actors: int | None, seconds: float) -> float:
-    """A joined cluster may autoscale (GPU groups scaled to zero, `min_workers` below what a run needs):
-    when the run needs more GPUs than are up (`--device cuda`, or more `--model-actors` than the GPUs of
-    a cluster that has some), ask its autoscaler for them and wait up to `seconds`; `place` then
-    refuses what is still missing. The request is withdrawn once they are up (Ray Data's actors take
-    them at once) or the wait ends: a refused run leaves no standing request that keeps GPU nodes up.
-    Returns the seconds waited."""
-    have = ray.cluster_resources().get("GPU", 0.0)
-    wanted = (model_actors or 1) if device == "cuda" else (model_actors or 0) if device == "auto" and have else 0
-    if _embedded or have >= wanted or not seconds:   # an embedded Ray has no GPUs to add
-        return 0.0
-    from ray.autoscaler.sdk import request_resources
-
-    request_resources(bundles=[{"GPU": 1}] * wanted)
-    started = time.monotonic()
-    deadline, said = started + seconds, -GPU_WAIT_REPORT_SECONDS
-    try:
-        while have < wanted and time.monotonic() < deadline:
-            if time.monotonic() >= said + GPU_WAIT_REPORT_SECONDS:
-                print(f"bertbatch: the cluster has {have:g} of the {wanted} GPUs this run needs; its autoscaler "
-                      f"is asked for them (waiting up to {deadline - time.monotonic():.0f} s more)", flush=True)
-                said = time.monotonic()
-            time.sleep(max(0.0, min(GPU_POLL_SECONDS, deadline - time.monotonic())))
-            have = ray.cluster_resources().get("GPU", 0.0)
-    finally:
-        request_resources(bundles=[])
-    return time.monotonic() - started
 
 
 def execute(plan, file_indices: list[int] | None = None) -> tuple[list[dict], dict]:

@@ -62,9 +62,12 @@ def _mismatch(old: dict, new: dict) -> str | None:
         if old["options"].get(key) != new["options"].get(key):
             return f"--{key.replace('_', '-')} {old['options'].get(key)!r} (now {new['options'].get(key)!r})"
     if resolved and "auto" not in new["dtypes"] and old["dtypes"] != new["dtypes"]:   # auto: known after preflight
-        give = f", or give --dtype {old['dtypes'][0]}" if len(old["dtypes"]) == 1 else ""
-        return (f"the model computing in {', '.join(old['dtypes'])} (now {', '.join(new['dtypes'])}; --dtype auto "
-                f"follows the hardware: resume where it resolves the same{give})")
+        hints = ["--dtype auto follows the hardware: resume where it resolves the same"
+                 if "auto" in (old["options"].get("dtype"), new["options"].get("dtype")) else "",
+                 # a multi-task job's fingerprint holds each task's --dtype as given
+                 f"give --dtype {old['dtypes'][0]}" if len(old["dtypes"]) == 1 and old["task"] != "multi" else ""]
+        hint = ", or ".join(h for h in hints if h)
+        return f"the model computing in {', '.join(old['dtypes'])} (now {', '.join(new['dtypes'])}{'; ' * bool(hint)}{hint})"
     if old["inputs"] != new["inputs"]:
         changed = next((b["path"] for a, b in zip(old["inputs"], new["inputs"]) if a != b), "the file list")
         return f"other input files (changed: {changed})"
@@ -101,6 +104,8 @@ def open_output(output: str, identity: dict, overwrite: bool) -> Start:
     if old is None:
         prepare_output(output, overwrite)    # refuses a non-empty folder without a ledger
         old = {**identity, "runs": []}
+    elif "dtypes" not in old:   # a ledger of an earlier version: its dtypes are compared from this run on
+        old = {**old, "dtypes": identity["dtypes"]}
     progress = ledger.recover(output)
     run = len(old["runs"]) + 1
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.kill_hooks import kill_point
-from pipeline.lease import LEASE_FILE
+from pipeline.lease import LEASE_FILE, LOCK_FILE
 from pipeline.ledger import JOB_FILE, PROGRESS_DIR, commit, row_ranges
 from pipeline.stage import ERROR, FILE_INDEX, ROW, SOURCE, STAT_PREFIX, Stage
 from pipeline.storage import is_object_store
@@ -162,13 +162,14 @@ OUR_ENTRIES = re.compile(r"^(part-.*\.parquet|_errors|_progress|_run\.json|_SUCC
 def prepare_output(output: str, overwrite: bool) -> None:
     """Refuse to mix runs in one folder: an existing non-empty output needs --overwrite (which empties it).
 
-    The run's own lease (taken before the output is touched) is neither content nor deleted. The
+    The run's own lease (taken before the output is touched) and its lock file are neither content nor deleted. The
     ledger's identity goes first: an --overwrite cut short leaves a folder that refuses to resume."""
     fs, root = fsspec.core.url_to_fs(output)
     root = root.rstrip("/")
-    progress, lease = f"{root}/{PROGRESS_DIR}", f"{root}/{PROGRESS_DIR}/{LEASE_FILE}"
+    progress = f"{root}/{PROGRESS_DIR}"
+    lease, lock = f"{progress}/{LEASE_FILE}", f"{progress}/{LOCK_FILE}"
     entries = [e.rstrip("/") for e in fs.ls(root, detail=False)] if fs.exists(root) else []
-    entries = [e for e in entries if e != progress or set(fs.find(progress)) - {lease}]
+    entries = [e for e in entries if e != progress or set(fs.find(progress)) - {lease, lock}]
     if entries:
         if not overwrite:
             raise FileExistsError(f"--output {output!r} exists and is not empty; pass --overwrite to replace it")
@@ -181,7 +182,7 @@ def prepare_output(output: str, overwrite: bool) -> None:
         for entry in entries:
             keep = entry == progress and fs.exists(lease)
             for path in [e.rstrip("/") for e in fs.ls(progress, detail=False)] if keep else [entry]:
-                if path != lease:
+                if path not in (lease, lock):
                     fs.rm(path, recursive=True)
     fs.makedirs(root, exist_ok=True)
 

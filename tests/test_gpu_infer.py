@@ -65,6 +65,6 @@ def test_auto_dtype_is_resolved_once_on_a_gpu_and_recorded(ray_session, ner_chec
     corpus = write_corpus(tmp_path / "corpus")
     run = run_job(NerConfig(input=str(corpus), output=str(tmp_path / "out"), model=str(ner_checkpoint),
                             device="cuda"), NER_TASK)
-    expected = ["bfloat16" if torch.cuda.is_bf16_supported() else "float16"]
+    expected = ["bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"]
     assert run["model"]["dtypes"] == expected and run["complete"]
     assert json.loads((tmp_path / "out" / "_progress" / "_job.json").read_text())["dtypes"] == expected

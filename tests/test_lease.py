@@ -66,22 +66,39 @@ def test_a_lease_from_before_boot_ids_and_pid_namespaces_waits_for_its_heartbeat
         Lease(str(tmp_path)).acquire()
 
 
-def test_of_two_runs_that_both_found_no_lease_exactly_one_takes_it(tmp_path, monkeypatch):
-    """The first run takes the lease between the second's look and its write: the second refuses."""
-    first, second = Lease(str(tmp_path)), Lease(str(tmp_path))
+@pytest.mark.parametrize("before", ["no lease", "a dead run's lease"])
+def test_of_two_runs_starting_together_exactly_one_takes_it(tmp_path, monkeypatch, before):
+    """Both look at once (a missing or a stale lease, each slowed down between look and write): one holds
+    the lease, the other refuses naming it."""
+    import threading
+
+    if before != "no lease":
+        held_by(tmp_path, pid=dead_pid())
     look = Lease.check_free
 
-    def first_acquires_after_the_second_looks(self):
+    def slow_look(self):
         look(self)
-        if self is second and first._thread is None:
-            first.acquire()
+        time.sleep(0.2)   # without the lock both runs would look here before either writes
 
-    monkeypatch.setattr(Lease, "check_free", first_acquires_after_the_second_looks)
-    with pytest.raises(OutputBusy, match=rf"pid {os.getpid()}"):
-        second.acquire()
-    assert first.holder()["token"] == first.token
-    first.release()
-    assert not any((tmp_path / "_progress").iterdir())   # no temporary left behind
+    monkeypatch.setattr(Lease, "check_free", slow_look)
+    runs, outcomes = [Lease(str(tmp_path)) for _ in range(2)], []
+
+    def start(run):
+        try:
+            outcomes.append(run.acquire())
+        except OutputBusy as refused:
+            outcomes.append(refused)
+
+    threads = [threading.Thread(target=start, args=(run,)) for run in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    held = [o for o in outcomes if isinstance(o, Lease)]
+    assert len(held) == 1 and sum(isinstance(o, OutputBusy) for o in outcomes) == 1
+    assert held[0].holder()["token"] == held[0].token
+    held[0].release()
+    assert sorted(p.name for p in (tmp_path / "_progress").iterdir()) == [lease.LOCK_FILE]
 
 
 def test_an_unreadable_lease_is_taken_over(tmp_path):
@@ -147,7 +164,8 @@ def test_the_lease_comes_before_the_output_is_touched_and_survives_overwrite(tmp
         (out / "part-00000-000000000000.parquet").write_bytes(b"x")
         (out / "_progress" / "_job.json").write_text("{}")
         prepare_output(str(out), overwrite=True)
-        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["_progress", "_progress/.lease.json"]
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == \
+            ["_progress", "_progress/.lease.json", "_progress/.lease.lock"]
         with pytest.raises(OutputBusy):
             Lease(str(out)).check_free()
     finally:

@@ -95,30 +95,3 @@ def test_half_precision_on_cpu_is_slow_only_without_native_units(monkeypatch):
     monkeypatch.undo()
     assert isinstance(infer._native_on_cpu("bfloat16"), bool)
 
-
-def test_a_joined_cluster_is_asked_for_missing_gpus_and_waited_for(monkeypatch, capsys):
-    """--model-actors 3 on a cluster with one GPU up: its autoscaler is asked for three, the run waits until
-    they are up, then withdraws the request. Without GPUs, --device auto means CPU: nothing is asked."""
-    import ray.autoscaler.sdk
-
-    from pipeline import ray_plan
-
-    gpus = iter([1.0, 1.0, 2.0, 3.0])
-    requests = []
-    monkeypatch.setattr(ray_plan.ray, "cluster_resources", lambda: {"CPU": 8.0, "GPU": next(gpus)})
-    monkeypatch.setattr(ray.autoscaler.sdk, "request_resources", lambda bundles: requests.append(bundles))
-    monkeypatch.setattr(ray_plan, "GPU_POLL_SECONDS", 0.0)
-    monkeypatch.setattr(ray_plan, "_embedded", False)
-    assert ray_plan._wait_for_gpus("auto", 3, seconds=60) > 0
-    assert requests == [[{"GPU": 1}] * 3, []]
-    assert "the cluster has 1 of the 3 GPUs this run needs" in capsys.readouterr().out
-
-    requests.clear()
-    monkeypatch.setattr(ray_plan.ray, "cluster_resources", lambda: {"CPU": 8.0})
-    assert ray_plan._wait_for_gpus("auto", 3, seconds=60) == 0 and not requests       # a CPU cluster
-    assert ray_plan._wait_for_gpus("cuda", None, seconds=0) == 0 and not requests      # --wait-for-gpus 0
-    monkeypatch.setattr(ray_plan, "_embedded", True)
-    assert ray_plan._wait_for_gpus("cuda", None, seconds=60) == 0 and not requests     # nothing to add
-    monkeypatch.setattr(ray_plan, "_embedded", False)
-    assert ray_plan._wait_for_gpus("cuda", None, seconds=0.05) > 0                     # none come: place refuses
-    assert requests == [[{"GPU": 1}], []]

@@ -212,34 +212,6 @@ def test_ledger_ranges_and_orphans(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["_errors", "_progress", "part-00000-000000000000.parquet"]
 
 
-def test_a_ledger_write_cut_short_on_a_filesystem_with_rename_leaves_the_old_entry(tmp_path, monkeypatch):
-    """HDFS, SFTP and the like rename like a local disk: an entry goes through a temporary name there too
-    (written in place, a crash mid-write left half a JSON where the previous entry was)."""
-    from fsspec.implementations.dirfs import DirFileSystem
-    from fsspec.implementations.local import LocalFileSystem
-
-    from pipeline import ledger
-
-    fs = DirFileSystem(str(tmp_path), fs=LocalFileSystem())   # protocol "dir": neither local nor an object store
-    fs.makedirs("_progress")
-    ledger.put_json(fs, "_progress/entry.json", {"rows": 1})
-    opened = LocalFileSystem.open
-
-    def crash_mid_write(self, path, mode="rb", **kwargs):
-        handle = opened(self, path, mode, **kwargs)
-        if "w" in mode:
-            handle.write(b'{"rows"' if "b" in mode else '{"rows"')
-            handle.close()
-            raise OSError("the process died here")
-        return handle
-
-    monkeypatch.setattr(LocalFileSystem, "open", crash_mid_write)
-    with pytest.raises(OSError, match="died"):
-        ledger.put_json(fs, "_progress/entry.json", {"rows": 2})
-    monkeypatch.undo()
-    assert json.loads((tmp_path / "_progress" / "entry.json").read_text()) == {"rows": 1}
-
-
 def test_in_flight_markers_name_the_batch_that_was_retried(tmp_path):
     """Unit level: a finished batch clears its marker; of those left, the most retried are the suspects."""
     from pipeline import ledger
@@ -306,9 +278,10 @@ def test_identity_covers_the_models_settings_and_multi_task_layout_flags_are_fre
 
     from pipeline.config import MultiConfig, NerConfig
     from pipeline.job import build_plan
+    from pipeline.ledger import read_job
     from pipeline.multi_task import multi_task
     from pipeline.ner_task import NER_TASK
-    from pipeline.restart import _mismatch, job_identity, with_dtypes
+    from pipeline.restart import _mismatch, job_identity, open_output, with_dtypes
 
     corpus = write_corpus(tmp_path / "corpus", shards=1, rows_per_shard=6)
     relabelled = tmp_path / "relabelled"
@@ -334,8 +307,18 @@ def test_identity_covers_the_models_settings_and_multi_task_layout_flags_are_fre
     refused = _mismatch(ran_bf16, with_dtypes(auto, ("float32",)))
     assert refused.startswith("the model computing in bfloat16 (now float32") and "--dtype bfloat16" in refused
     assert "computing in bfloat16" in _mismatch(ran_bf16, identity(ner_checkpoint, dtype="float32"))
+    int8 = with_dtypes(identity(ner_checkpoint, dtype="int8"), ("int8",))   # no word of auto where none ran
+    assert _mismatch(int8, with_dtypes(identity(ner_checkpoint, dtype="float32"), ("float32",))) == \
+        "the model computing in int8 (now float32; give --dtype int8)"
     before = {k: v for k, v in auto.items() if k != "dtypes"}   # a ledger of an earlier version: --dtype as given
     assert _mismatch(before, identity(ner_checkpoint, dtype="float32")) == "--dtype 'auto' (now 'float32')"
+    # ... and from the first resume on, the dtypes it computed in
+    output = str(tmp_path / "legacy")
+    open_output(output, before, overwrite=False)
+    assert "dtypes" not in read_job(output)
+    open_output(output, with_dtypes(auto, ("float32",)), overwrite=False)
+    assert read_job(output)["dtypes"] == ["float32"] and len(read_job(output)["runs"]) == 2
+    assert "computing in float32 (now bfloat16" in _mismatch(read_job(output), with_dtypes(auto, ("bfloat16",)))
 
     def multi(shared=None, **flags):
         tasks = {"entities": {"task": "ner", "model": str(ner_checkpoint), **flags}}

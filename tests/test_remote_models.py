@@ -1,0 +1,139 @@
+"""The per-node cache of a model on object storage (models/remote.py), against moto's S3 server, without Ray.
+
+What a data engineer's bucket and nodes do to it: folder markers from the S3 console, a download
+killed half-way, a checkpoint replaced while a node copies it, a cache shared by several users.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import pytest
+import s3fs
+
+from models import remote
+from models.remote import local_model_folder
+from tests.s3_server import MotoS3
+
+pytestmark = [pytest.mark.s3, pytest.mark.timeout(300)]
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "bertbatch-remote-models"
+KEY_ID, SECRET = "AKIAFAKEKEYID0REMOTE", "fakeSecret/remote+models"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[MotoS3]:
+    server = MotoS3().start()
+    s3fs.S3FileSystem(key=KEY_ID, secret=SECRET, endpoint_url=server.endpoint, skip_instance_cache=True).mkdir(BUCKET)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def store(server, tmp_path: Path, monkeypatch) -> s3fs.S3FileSystem:
+    """The bucket through a fresh client; this process reaches it through the AWS environment, its cache is per test."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
+    return s3fs.S3FileSystem(key=KEY_ID, secret=SECRET, endpoint_url=server.endpoint, skip_instance_cache=True)
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_folder_markers_are_not_copied_as_files(store) -> None:
+    """The S3 console's "Create folder" (and Hadoop's s3a) leave zero-byte `name/` keys; a
+    sentence-transformers folder made that way has one above `1_Pooling/config.json`."""
+    root = f"{BUCKET}/markers/st"
+    for key, data in {"/": b"", "/1_Pooling/": b"", "/config.json": b"{}", "/1_Pooling/config.json": b'{"p": 1}',
+                      "/2_Dense/": b"", "/2_Dense/model.safetensors": b"dense"}.items():
+        store.pipe_file(root + key, data)
+    folder = local_model_folder(f"s3://{root}/")
+    assert contents(folder) == {".complete": b"", "1_Pooling/config.json": b'{"p": 1}', "config.json": b"{}",
+                                "2_Dense/model.safetensors": b"dense"}
+
+
+def test_what_a_killed_download_left_is_removed_by_the_next_one(store) -> None:
+    root = f"{BUCKET}/killed/ner"
+    store.pipe_file(f"{root}/config.json", b"{}")
+    store.pipe_file(f"{root}/model.safetensors", b"w" * 4096)
+    entry = local_model_folder(f"s3://{root}")
+    shutil.rmtree(entry)
+    # a process killed (SIGKILL, OOM, preempted) while it copied: its staging folder, under mkdtemp's name
+    leftover = entry.parent / f".{entry.name}.k1ll3d_x"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"w" * 1024)
+    assert local_model_folder(f"s3://{root}") == entry and contents(entry)["model.safetensors"] == b"w" * 4096
+    assert sorted(p.name for p in entry.parent.iterdir()) == [entry.name, entry.name + ".lock"]
+
+
+def test_a_checkpoint_replaced_while_it_is_copied_is_not_cached_under_the_old_name(store, monkeypatch) -> None:
+    """Listed as version A, fetched as B: the entry would be named after A and hold B (or a mix)."""
+    root = f"{BUCKET}/replaced/ner"
+    store.pipe_file(f"{root}/config.json", b'{"v": "A"}')
+    store.pipe_file(f"{root}/model.safetensors", b"weights-A")
+    fs = fsspec.core.url_to_fs(f"s3://{root}")[0]   # the instance local_model_folder gets (fsspec caches it)
+    fetch = fs.get_file
+
+    def replaced_meanwhile(rpath, lpath, *args, **kwargs):
+        if rpath.endswith("config.json"):   # the new version's upload lands during this node's copy
+            store.pipe_file(f"{root}/config.json", b'{"v": "B"}')
+            store.pipe_file(f"{root}/model.safetensors", b"weights-B")
+        return fetch(rpath, lpath, *args, **kwargs)
+
+    monkeypatch.setattr(fs, "get_file", replaced_meanwhile)
+    with pytest.raises(OSError, match="changed while they were being copied"):
+        local_model_folder(f"s3://{root}")
+    monkeypatch.setattr(fs, "get_file", fetch)
+    assert not [p for p in remote.cache_root().iterdir() if p.is_dir()]   # nothing kept, nothing half-made
+
+    store.pipe_file(f"{root}/config.json", b'{"v": "A"}')   # back to A: its entry must hold A's bytes
+    store.pipe_file(f"{root}/model.safetensors", b"weights-A")
+    assert contents(local_model_folder(f"s3://{root}"))["model.safetensors"] == b"weights-A"
+
+
+def test_a_cache_shared_by_several_users_serves_each_of_them(store, request, monkeypatch) -> None:
+    """Entries get the cache folder's read access (mkdtemp made them 0700), and another user's lock
+    file is waited on rather than refused (it was opened for appending)."""
+    shared = Path(tempfile.mkdtemp(prefix="bertbatch-shared-"))   # not under pytest's 0700 tmp folders
+    shared.chmod(0o1777)
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    monkeypatch.setenv(remote.CACHE_ENV, str(shared))
+    for name in ("done", "started"):
+        store.pipe_file(f"{BUCKET}/shared/{name}/config.json", name.encode())
+    done = local_model_folder(f"s3://{BUCKET}/shared/done")
+    assert done.stat().st_mode & 0o777 == 0o755
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return   # the second user's side needs root to switch users
+    started = local_model_folder(f"s3://{BUCKET}/shared/started")
+    shutil.rmtree(started)   # this user's attempt left its lock file (0644), not the entry
+    assert Path(f"{started}.lock").is_file()
+    code = ("import sys; from models.remote import local_model_folder as f; "
+            f"print(f('s3://{BUCKET}/shared/done'), f('s3://{BUCKET}/shared/started'))")
+    other = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+                           cwd=REPO, env={**os.environ, "HOME": "/nonexistent", "PYTHONPATH": str(REPO)},
+                           capture_output=True, text=True, timeout=120)
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert other.stdout.split() == [str(done), str(started)]
+
+
+def test_an_unwritable_cache_folder_names_the_variable_that_moves_it(store, tmp_path: Path, monkeypatch) -> None:
+    store.pipe_file(f"{BUCKET}/unwritable/m/config.json", b"{}")
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "a-file" / "models"))   # as a read-only home fails
+    with pytest.raises(OSError, match=remote.CACHE_ENV):
+        local_model_folder(f"s3://{BUCKET}/unwritable/m")
