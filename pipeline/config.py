@@ -18,7 +18,34 @@ from pipeline.ner_decode import AGGREGATIONS
 from pipeline.storage import StorageOptions
 
 
-class JobConfig(BaseModel):
+class _SharedChecks(BaseModel):
+    """Checks of options a multi-task config shares with JobConfig (create_model copies fields, not validators)."""
+
+    @field_validator("keep_columns", mode="before", check_fields=False)
+    @classmethod
+    def _split_commas(cls, value):
+        return _comma_list(value)
+
+    @field_validator("storage_options", mode="before", check_fields=False)
+    @classmethod
+    def _options_as_json(cls, value):
+        return json.dumps(value) if isinstance(value, dict) else value  # a mapping in the YAML file
+
+    @field_validator("storage_options", check_fields=False)
+    @classmethod
+    def _valid_options(cls, value: SecretStr | None):
+        if value is not None:
+            StorageOptions.parse(value.get_secret_value())  # its ValueError never quotes the value
+        return value
+
+    @property
+    def storage(self) -> StorageOptions:
+        """The storage options for this job's URLs (--input, --output and every --model)."""
+        text = self.storage_options.get_secret_value() if self.storage_options else None
+        return StorageOptions.parse(text, self.urls())
+
+
+class JobConfig(_SharedChecks):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     input: str = Field(description="input Parquet: file, folder (hive partitions ok), glob or fsspec URL (s3://...)")
@@ -59,28 +86,8 @@ class JobConfig(BaseModel):
         None, description="JSON object of fsspec options for --input/--output/--model (endpoint_url, key, "
                           "secret, ...); overrides the AWS environment/profile chain; never logged")
 
-    @field_validator("keep_columns", mode="before")
-    @classmethod
-    def _split_commas(cls, value):
-        return _comma_list(value)
-
-    @field_validator("storage_options", mode="before")
-    @classmethod
-    def _options_as_json(cls, value):
-        return json.dumps(value) if isinstance(value, dict) else value  # a mapping in the YAML file
-
-    @field_validator("storage_options")
-    @classmethod
-    def _valid_options(cls, value: SecretStr | None):
-        if value is not None:
-            StorageOptions.parse(value.get_secret_value())  # its ValueError never quotes the value
-        return value
-
-    @property
-    def storage(self) -> StorageOptions:
-        """The storage options for this job's URLs (--input, --output and --model)."""
-        text = self.storage_options.get_secret_value() if self.storage_options else None
-        return StorageOptions.parse(text, (self.input, self.output, getattr(self, "model", "")))
+    def urls(self) -> tuple[str, ...]:
+        return self.input, self.output, getattr(self, "model", "")
 
     @model_validator(mode="after")
     def _check(self):
@@ -188,8 +195,11 @@ def _multi_fields() -> dict:
     return fields
 
 
-class _MultiBase(BaseModel):
+class _MultiBase(_SharedChecks):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def urls(self) -> tuple[str, ...]:
+        return self.input, self.output, *(str((entry or {}).get("model", "")) for entry in self.tasks.values())
 
     @model_validator(mode="after")
     def _check_tasks(self):

@@ -26,6 +26,7 @@ from pipeline.multi_stage import TaskStages, combine, struct_field
 from pipeline.ner_task import NER_TASK
 from pipeline.qa_task import QA_TASK
 from pipeline.restart import result_options
+from pipeline.storage import configure
 from schemas.results import task_fields
 
 TASKS: dict[str, Task] = {t.name: t for t in (NER_TASK, CLASSIFY_TASK, QA_TASK, EMBED_TASK)}
@@ -43,6 +44,7 @@ class _Built:
 
 def multi_task(config: MultiConfig) -> tuple[JobConfig, Task]:
     """(the run's shared config, a Task running every task of `config.tasks`) for `run_job`."""
+    configure(config.storage)   # before any model is opened: --storage-options reach every model's URL
     entries = config.task_configs()
     stages, descriptions, max_lengths, columns, max_tokens, weight_bytes = [], [], {}, {}, [], []
     for column, name, task_config in entries:

@@ -247,3 +247,25 @@ def test_task_plans_read_a_remote_models_files_from_its_local_copy(s3, tmp_path:
         assert [s["label"] for s in got["topics"]["scores"]] == [s["label"] for s in row["topics"]["scores"]]
         np.testing.assert_allclose(got["vector"]["embedding"], row["vector"]["embedding"], atol=1e-6)
         assert abs(np.linalg.norm(row["vector"]["embedding"]) - 1) < 1e-5   # the folder's Normalize module
+
+
+def test_a_multi_task_job_opens_its_models_with_the_storage_options(s3, uploaded, tmp_path: Path, monkeypatch) -> None:
+    """Credentials and endpoint only in --storage-options (a YAML mapping): the multi-task plan opens every
+    model with them, as the single-task jobs do (it opened the models before they were configured)."""
+    import fsspec
+
+    server, _ = s3
+    for key, value in aws_env(None, tmp_path).items():   # nothing to fall back to
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(fsspec.config, "conf", {})   # no options configured by an earlier test
+    s3fs.S3FileSystem.clear_instance_cache()
+    options = {"key": KEY_ID, "secret": SECRET, "endpoint_url": server.endpoint}
+    config = MultiConfig(input=uploaded["input"], output=f"s3://{BUCKET}/multi-out", storage_options=options,
+                         tasks={"entities": {"task": "ner", "model": uploaded["model"]}})
+    job, task = multi_task(config)
+    assert json.loads(job.storage_options.get_secret_value()) == options
+    assert task.inspect(None).fingerprint   # each model was read (fingerprinted) through the options
+    with pytest.raises(ValueError, match="storage_options"):
+        MultiConfig(input="in/", output="out/", storage_options="[1]", tasks={"e": {"task": "ner", "model": "m"}})
