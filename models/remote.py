@@ -32,6 +32,20 @@ import fsspec
 
 CACHE_ENV = "BERTBATCH_MODEL_CACHE"
 COMPLETE = ".complete"
+_SEEN: dict[str, str] = {}     # URL -> content key of the copy this process resolved
+_PINNED: dict[str, str] = {}   # URL -> content key the run was planned with (workers: `pin`)
+
+
+def pin(keys: dict[str, str]) -> None:
+    """The content each model URL must still have in this process: what the driver planned and fingerprinted
+    (`seen` there). A worker started later (a restarted actor, an autoscaled node) refuses a replaced
+    checkpoint instead of computing with other weights than `_run.json` and the restart identity name."""
+    _PINNED.update(keys)
+
+
+def seen() -> tuple[tuple[str, str], ...]:
+    """(URL, content key) of every remote model this process resolved."""
+    return tuple(sorted(_SEEN.items()))
 
 
 def is_remote(uri: str) -> bool:
@@ -51,7 +65,12 @@ def local_model_folder(uri: str, storage_options: dict | None = None) -> Path:
     files = _listing(fs, root)
     if not files:
         raise FileNotFoundError(f"--model {uri!r}: no files found at that URL")
-    entry = cache_root() / f"{Path(root).name}-{content_key(fs, root, files)}"
+    key = content_key(fs, root, files)
+    if _PINNED.get(uri, key) != key:
+        raise OSError(f"--model {uri!r}: its files changed since this run was planned (the run's fingerprint is "
+                      "of the files then); run again: a new run plans with what is there now")
+    _SEEN[uri] = key
+    entry = cache_root() / f"{Path(root).name}-{key}"
     if (entry / COMPLETE).is_file():
         return entry
     try:

@@ -16,6 +16,7 @@ from importlib import metadata
 
 import pyarrow as pa
 
+from models.remote import seen as remote_models_seen
 from pipeline.cli import UsageError
 from pipeline.config import JobConfig
 from pipeline.infer import Infer, InferConfig
@@ -219,7 +220,7 @@ def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
         model_actors=config.model_actors,
         rows_per_file=config.rows_per_file,
         footers=footers,
-        storage=config.storage,
+        storage=dataclasses.replace(config.storage, models=remote_models_seen()),   # workers load what was planned
         model_bytes=model.weight_bytes,
         wait_for_gpus=config.wait_for_gpus,
     )

@@ -33,6 +33,7 @@ class StorageOptions:
 
     json_text: str = dataclasses.field(default="", repr=False)
     protocols: tuple[str, ...] = ("s3",)    # the remote protocols the user's options are for
+    models: tuple[tuple[str, str], ...] = ()  # (URL, content key) of remote models as planned (models.remote.pin)
 
     @classmethod
     def parse(cls, text: str | None, uris: tuple[str, ...] = ()) -> StorageOptions:
@@ -89,7 +90,10 @@ def configure(storage: StorageOptions | None = None) -> None:
     opens a URL (`fsspec.core.url_to_fs(output)`) needs no options argument: fsspec's per-protocol
     config (`fsspec.config.conf`) supplies them to every new filesystem instance.
     """
+    from models.remote import pin
+
     storage = storage or StorageOptions()
+    pin(dict(storage.models))
     for protocol in {*storage.protocols, "s3"}:
         if protocol != "file":
             fsspec.config.conf[protocol] = options_for(f"{protocol}://", storage)

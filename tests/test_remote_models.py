@@ -137,3 +137,22 @@ def test_an_unwritable_cache_folder_names_the_variable_that_moves_it(store, tmp_
     monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "a-file" / "models"))   # as a read-only home fails
     with pytest.raises(OSError, match=remote.CACHE_ENV):
         local_model_folder(f"s3://{BUCKET}/unwritable/m")
+
+
+def test_a_worker_refuses_a_checkpoint_replaced_after_the_run_was_planned(store, monkeypatch) -> None:
+    """The driver plans (and fingerprints) version A; a worker started later finds B at the same URL: it
+    refuses instead of computing with weights the run's fingerprint does not name."""
+    from pipeline.storage import StorageOptions, configure
+
+    monkeypatch.setattr(remote, "_PINNED", {})
+    monkeypatch.setattr(remote, "_SEEN", {})
+    monkeypatch.setattr(fsspec.config, "conf", dict(fsspec.config.conf))
+    uri = f"s3://{BUCKET}/pinned/ner"
+    store.pipe_file(f"{BUCKET}/pinned/ner/model.safetensors", b"weights-A")
+    local_model_folder(uri)                                   # the driver's plan
+    planned = StorageOptions(models=remote.seen())
+    assert [u for u, _ in planned.models] == [uri]
+    store.pipe_file(f"{BUCKET}/pinned/ner/model.safetensors", b"weights-B")
+    configure(planned)                                        # what every worker does before its stage
+    with pytest.raises(OSError, match="its files changed since this run was planned"):
+        local_model_folder(uri)
