@@ -344,10 +344,15 @@ def test_a_run_the_cluster_refuses_leaves_the_output_untouched(corpus, ner_check
     assert again.returncode == 0 and "already complete" in again.stdout
 
 
-def test_a_resume_that_would_compute_in_another_dtype_refuses(corpus, ner_checkpoint, reference, tmp_path):
-    """--dtype auto ran as float32 here; an output whose earlier runs computed in bfloat16 (--dtype auto
-    on a GPU) is not resumed in float32: its rows would mix the two."""
+def test_a_resume_that_would_compute_in_another_dtype_refuses(ray_session, corpus, ner_checkpoint, reference,
+                                                               tmp_path):
+    """--dtype auto runs as float32 here; an output whose earlier runs computed in bfloat16 (--dtype auto
+    on a GPU) is not resumed in float32: its rows would mix the two. (In process, on the session's Ray.)"""
     import shutil
+
+    from pipeline.config import NerConfig
+    from pipeline.job import run_job as run_in_process
+    from pipeline.ner_task import NER_TASK
 
     assert json.loads((reference / "_progress" / "_job.json").read_text())["dtypes"] == ["float32"]
     assert json.loads((reference / "_run.json").read_text())["model"]["dtypes"] == ["float32"]
@@ -356,6 +361,7 @@ def test_a_resume_that_would_compute_in_another_dtype_refuses(corpus, ner_checkp
     job = json.loads((output / "_progress" / "_job.json").read_text())
     (output / "_progress" / "_job.json").write_text(json.dumps({**job, "dtypes": ["bfloat16"]}))
     (output / "_SUCCESS").unlink()
-    refused = run_job(corpus, ner_checkpoint, output)
-    assert refused.returncode != 0
-    assert "was made with the model computing in bfloat16 (now float32" in refused.stdout.strip().splitlines()[-1]
+    config = NerConfig(input=str(corpus), output=str(output), model=str(ner_checkpoint), rows_per_file=5,
+                       docs_per_batch=5, stride=16)
+    with pytest.raises(FileExistsError, match=r"was made with the model computing in bfloat16 \(now float32"):
+        run_in_process(config, NER_TASK)

@@ -232,6 +232,7 @@ def test_task_plans_read_a_remote_models_files_from_its_local_copy(s3, tmp_path:
         fs.put(str(local / name), f"{BUCKET}/plan-models/{name}", recursive=True)
     for key, value in aws_env(server.endpoint, tmp_path).items():
         monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()   # a client made from another test's environment would be reused
     corpus = write_task_corpus(tmp_path / "corpus")
 
     def run(folder) -> dict:
