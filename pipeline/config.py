@@ -73,9 +73,10 @@ class JobConfig(_SharedChecks):
                                 "single-threaded actor per core (fewer when the node's memory or the corpus "
                                 "is small, each then with more threads)")
     wait_for_gpus: float = Field(
-        600, ge=0, description="on a joined cluster, seconds to wait for GPUs the run needs and does not have "
-                               "(--device cuda, or more --model-actors than GPUs): its autoscaler is asked for "
-                               "them; then the run refuses. An embedded Ray refuses at once")
+        600, ge=0, description="on a joined cluster, seconds to wait for GPUs the run needs and lacks (--device "
+                               "cuda, or more --model-actors than GPUs up) while its autoscaler brings them up; "
+                               "a minute without a node launched ends the wait. A Ray the job started itself "
+                               "refuses at once")
     docs_per_batch: int | None = Field(
         None, ge=1, description="documents per batch handed to a tokenizer/model actor; default: 256 on CPU, "
                                 "2048 on GPU (a GPU runs 256 documents in milliseconds)")

@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -154,6 +155,13 @@ class Lease:
         put_json(self.fs, self.path, self._body())   # whole or nothing: a reader never sees half a lease
 
     def _beat(self) -> None:
+        """Refresh the lease while it is ours. A run that stalled past EXPIRES_SECONDS may find another
+        run's lease there: it says so and stops, rather than overwrite it and let a third run in."""
         while not self._stop.wait(HEARTBEAT_SECONDS):
+            holder = self.holder()
+            if holder is not None and holder.get("token") != self.token:
+                print(f"bertbatch: lost the lease of {self.output} to another run (host {holder.get('host')}, pid "
+                      f"{holder.get('pid')}): this run stalled past {EXPIRES_SECONDS:.0f} s", file=sys.stderr, flush=True)
+                return
             with contextlib.suppress(OSError):
                 self._write()

@@ -130,6 +130,17 @@ def test_heartbeat_refreshes_the_lease(tmp_path, monkeypatch):
     taken.release()
 
 
+def test_a_run_that_lost_its_lease_does_not_overwrite_the_new_holders(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(lease, "HEARTBEAT_SECONDS", 0.05)
+    stalled = Lease(str(tmp_path)).acquire()
+    held_by(tmp_path, host="another-machine")        # taken over while this run stalled
+    time.sleep(0.3)
+    assert stalled.holder()["token"] == "other"
+    assert "lost the lease" in capsys.readouterr().err
+    stalled.release()                                # and its release leaves the new holder's lease
+    assert stalled.holder()["token"] == "other"
+
+
 @pytest.mark.ray
 def test_second_job_into_a_running_output_refuses(tmp_path, ner_checkpoint):
     corpus = write_corpus(tmp_path / "corpus", shards=2, rows_per_shard=6)
