@@ -91,20 +91,21 @@ def assert_same_as_reference(output: Path, reference: Path, corpus: Path) -> dic
     return run
 
 
-def test_driver_killed_at_six_moments_and_from_outside(corpus, ner_checkpoint, reference, tmp_path):
+def test_driver_killed_at_four_moments_and_from_outside(corpus, ner_checkpoint, reference, tmp_path):
     """One output, killed again and again; every rerun is the same command and continues. One model
-    actor per run (eight runs, each starting its own Ray: fewer worker processes to start on two cores)."""
+    actor per run (six runs, each starting its own Ray: fewer worker processes to start on two cores).
+    Mid-pipeline kills (a batch being read or in the model) are the one from outside, at the first commit."""
     output, one = tmp_path / "out", ("--model-actors", "1")
     killed = run_job(corpus, ner_checkpoint, output, *one, kill_at_first_commit=True)
     assert not (output / "_SUCCESS").exists()
-    for point in ("start:1", "read:2", "write:1", "infer:3", "commit:1", "finish:1"):
+    for point in ("start:1", "write:1", "commit:1", "finish:1"):
         killed = run_job(corpus, ner_checkpoint, output, *one, kill=point)
         assert killed.returncode == -signal.SIGKILL, (point, killed.stdout[-3000:])
         assert not (output / "_SUCCESS").exists()
     final = run_job(corpus, ner_checkpoint, output, *one)
     assert final.returncode == 0, final.stdout[-3000:]
     run = assert_same_as_reference(output, reference, corpus)
-    assert len(run["runs"]) == 8
+    assert len(run["runs"]) == 6
     assert sum(r["rows_processed"] for r in run["runs"]) == SHARDS * ROWS   # nothing committed twice
     assert run["runs"][-1]["rows_processed"] == 0                           # killed just before _SUCCESS
 
