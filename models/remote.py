@@ -12,8 +12,11 @@ holder removes what killed downloads of its entry left. The folder is listed aga
 checkpoint replaced meanwhile (s3fs fetches a large file in concurrent ranges, so one file can mix two
 versions) is refused rather than cached under the name of the content listed first.
 
-The cache root is `$BERTBATCH_MODEL_CACHE`, else `~/.cache/bertbatch/models`. Storage options
-(credentials) are used for the download only: they never enter a path, a log line or an error.
+Every process that uses an entry holds a shared lock on its folder while it lives; after each download the
+cache is pruned to `$BERTBATCH_MODEL_CACHE_GB` GiB (default 20): least recently used entries first,
+never one a live process holds (`prune`). The cache root is `$BERTBATCH_MODEL_CACHE`, else
+`~/.cache/bertbatch/models`. Storage options (credentials) are used for the download only: they never
+enter a path, a log line or an error.
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
 
 CACHE_ENV = "BERTBATCH_MODEL_CACHE"
+CACHE_GB_ENV = "BERTBATCH_MODEL_CACHE_GB"
+DEFAULT_CACHE_GB = 20.0
 COMPLETE = ".complete"
+_HELD: dict[Path, int] = {}    # entry -> its lock file, held shared while this process lives: in use, never pruned
 _SEEN: dict[str, str] = {}     # URL -> content key of the copy this process resolved
 _PINNED: dict[str, str] = {}   # URL -> content key the run was planned with (workers: `pin`)
 
@@ -71,17 +76,49 @@ def local_model_folder(uri: str, storage_options: dict | None = None) -> Path:
                       "of the files then); run again: a new run plans with what is there now")
     _SEEN[uri] = key
     entry = cache_root() / f"{Path(root).name}-{key}"
-    if (entry / COMPLETE).is_file():
+    if entry in _HELD and _is(entry, _HELD[entry]):
         return entry
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:   # e.g. a read-only or missing home: say which knob moves the cache
-        raise OSError(f"cannot create the model cache {entry.parent} ({error.strerror}); "
-                      f"set {CACHE_ENV} to a writable folder") from None
-    with _exclusive(entry.with_name(entry.name + ".lock")):
-        if not (entry / COMPLETE).is_file():  # another process may have finished while we waited
-            _download(fs, root, files, entry)
+    cache_limit()   # a mistyped limit fails before the download, not after it
+    while not _hold(entry):
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            lock = _lock(entry)
+        except OSError as error:   # e.g. a read-only home: say which knob moves the cache
+            raise OSError(f"cannot create the model cache {entry.parent} ({error.strerror}); "
+                          f"set {CACHE_ENV} to a writable folder") from None
+        with open(lock) as handle:   # the download lock: one process of the node copies, the others wait
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            if not (entry / COMPLETE).is_file():  # another process may have finished while we waited
+                _download(fs, root, files, entry)
+                prune(keep=entry)
+    with contextlib.suppress(OSError):   # the last use, for pruning (another user's entry keeps its own stamp)
+        os.utime(entry / COMPLETE)
     return entry
+
+
+def _hold(entry: Path) -> bool:
+    """Hold a complete entry in use while this process lives (a shared lock on its folder: `prune` passes
+    it by); False when there is none to hold. A folder removed and made again is another inode: held anew."""
+    try:
+        folder = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    fcntl.flock(folder, fcntl.LOCK_SH)   # waits while a pruner removes it ...
+    if not _is(entry, folder):           # ... and then finds it gone
+        os.close(folder)
+        return False
+    if entry in _HELD:
+        os.close(_HELD[entry])
+    _HELD[entry] = folder
+    return True
+
+
+def _is(entry: Path, folder: int) -> bool:
+    """`folder` (an open descriptor) is still the complete entry at that path."""
+    try:
+        return os.path.samestat(os.stat(entry), os.fstat(folder)) and (entry / COMPLETE).is_file()
+    except OSError:
+        return False
 
 
 def _listing(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict]:
@@ -128,21 +165,66 @@ def _download(fs: fsspec.AbstractFileSystem, root: str, files: dict[str, dict], 
         raise
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """An exclusive advisory lock between processes of this node (released when the process dies).
-
-    Opened read-only (flock needs no write access), so another user's lock file in a shared cache
-    can be waited on; created only when missing (O_CREAT on another user's file in a sticky folder
-    is refused where `fs.protected_regular` is set).
-    """
+def _lock(entry: Path) -> int:
+    """The entry's download lock file, opened read-only (flock needs no write access, so another user's
+    lock file in a shared cache can be waited on); created only when missing (O_CREAT on another user's
+    file in a sticky folder is refused where `fs.protected_regular` is set)."""
+    path = entry.with_name(entry.name + ".lock")
     try:
-        fd = os.open(lock_path, os.O_RDONLY)
+        return os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
-    with open(fd) as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        return os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+
+
+def cache_limit() -> int:
+    """Bytes the cache may hold: `$BERTBATCH_MODEL_CACHE_GB` GiB (default 20)."""
+    value = os.environ.get(CACHE_GB_ENV) or str(DEFAULT_CACHE_GB)
+    try:
+        limit = float(value)
+    except ValueError:
+        limit = -1.0
+    if not limit >= 0:
+        raise ValueError(f"{CACHE_GB_ENV} must be a number of GiB (e.g. 20 or 0.5), got {value!r}")
+    return int(limit * 2**30)
+
+
+def prune(keep: Path) -> None:
+    """Keep the cache under `cache_limit()`: remove what killed downloads left, then the least recently
+    used entries that no live process holds (an entry in use is never removed, and `keep` neither)."""
+    limit, root = cache_limit(), keep.parent
+    for leftover in root.glob(".*.*"):            # `.{entry}.{suffix}`: a killed download or removal
+        entry = root / leftover.name[1:].rsplit(".", 1)[0]
+        if leftover.is_dir() and entry != keep:
+            with contextlib.suppress(OSError), open(_lock(entry)) as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)   # not while a download of it stages there
+                shutil.rmtree(leftover, ignore_errors=True)
+    entries = {}                                   # entry -> (last use, bytes)
+    for entry in root.iterdir():
+        with contextlib.suppress(OSError):        # e.g. removed meanwhile by another node-local run's pruning
+            if not entry.name.startswith(".") and entry.is_dir():
+                entries[entry] = ((entry / COMPLETE).stat().st_mtime,
+                                  sum(f.stat().st_size for f in entry.rglob("*") if f.is_file()))
+    total = sum(size for _, size in entries.values())
+    for entry, (_, size) in sorted(entries.items(), key=lambda item: item[1][0]):
+        if total <= limit:
+            break
+        if entry != keep and _remove_unused(entry):
+            total -= size
+
+
+def _remove_unused(entry: Path) -> bool:
+    """Remove the entry if no process holds it (the exclusive lock on its folder is free at once)."""
+    try:
+        folder = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        trash = entry.with_name(f".{entry.name}.pruned")
+        os.rename(entry, trash)   # gone for readers at once; a removal cut short is a leftover
+        shutil.rmtree(trash)
+        return True
+    except OSError:   # held (BlockingIOError), removed meanwhile, or another user's entry in a shared cache
+        return False
+    finally:
+        os.close(folder)

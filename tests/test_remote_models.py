@@ -162,3 +162,50 @@ def test_a_worker_refuses_a_checkpoint_replaced_after_the_run_was_planned(store,
     configure(planned)                                        # what every worker does before its stage
     with pytest.raises(OSError, match="its files changed since this run was planned"):
         local_model_folder(uri)
+
+
+def resolve(uri: str) -> Path:
+    """A copy made by another process (a finished job's actor): it holds nothing once it exits."""
+    done = subprocess.run([sys.executable, "-c", "import sys; from models.remote import local_model_folder as f; "
+                           "print(f(sys.argv[1]))", uri], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return Path(done.stdout.strip())
+
+
+def test_the_cache_stays_under_its_size_dropping_least_recently_used_copies_no_process_holds(store, monkeypatch) -> None:
+    """Each checkpoint version stayed on the nodes for good; now a download prunes the cache to
+    $BERTBATCH_MODEL_CACHE_GB, oldest use first, never a copy a live process loaded."""
+    monkeypatch.setenv(remote.CACHE_GB_ENV, str(10_000 / 2**30))   # room for two 4 KB checkpoints
+    uris = {name: f"s3://{BUCKET}/lru/{name}" for name in "abcd"}
+    for name in uris:
+        store.pipe_file(f"{BUCKET}/lru/{name}/model.safetensors", name.encode() * 4096)
+    cache = remote.cache_root()
+    kept = lambda: sorted(p.name.split("-")[0] for p in cache.iterdir() if p.is_dir())  # noqa: E731
+    a, b = resolve(uris["a"]), resolve(uris["b"])
+    resolve(uris["a"])                       # a used again: b is now the least recently used
+    killed = cache / ".gone-0123456789abcdef.k1ll3d_x"   # a download killed long ago, its entry never asked for again
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"x" * 1024)
+    resolve(uris["c"])
+    assert kept() == ["a", "c"] and not killed.exists()
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from models.remote import local_model_folder as f; "
+                               "f(sys.argv[1]); print('held', flush=True); sys.stdin.read()", uris["a"]],
+                              cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"   # a job's actor with a loaded
+        os.utime(a / remote.COMPLETE, (0, 0))         # ... and long unused copy
+        resolve(uris["d"])
+        assert kept() == ["a", "d"]                   # c went: a is in use
+    finally:
+        holder.communicate("", timeout=60)
+    assert resolve(uris["b"]) == b and kept() == ["b", "d"]   # a's holder is gone: a goes now
+    assert (b / "model.safetensors").read_bytes() == b"b" * 4096
+
+
+def test_a_mistyped_cache_size_is_refused_before_the_download(store, monkeypatch) -> None:
+    store.pipe_file(f"{BUCKET}/limit/m/config.json", b"{}")
+    monkeypatch.setenv(remote.CACHE_GB_ENV, "20GB")
+    with pytest.raises(ValueError, match=f"{remote.CACHE_GB_ENV} must be a number of GiB"):
+        local_model_folder(f"s3://{BUCKET}/limit/m")
+    assert not [p for p in remote.cache_root().glob("*") if p.is_dir()]
