@@ -98,7 +98,8 @@ class Pooling(nn.Module):
             if mode == "cls":
                 pooled.append(hidden[:, 0])
             elif mode == "max":
-                pooled.append(hidden.masked_fill(keep == 0, -1e9).max(1).values)
+                # the dtype's lowest value: -1e9 (sentence-transformers') overflows float16; every window has a token
+                pooled.append(hidden.masked_fill(keep == 0, torch.finfo(hidden.dtype).min).max(1).values)
             else:
                 total = (hidden * keep).sum(1)
                 pooled.append(total / (count if mode == "mean" else count.sqrt()))

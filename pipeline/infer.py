@@ -77,6 +77,13 @@ def resolve_dtype(dtype: str, device: str):
     return getattr(torch, dtype)
 
 
+def strict_float32() -> None:
+    """float32 on CUDA computes in float32: cuDNN runs convolutions (ConvBERT's) in TF32 by default."""
+    import torch
+
+    torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "ieee"
+
+
 def auto_dtype(device: str) -> str:
     """What `--dtype auto` is on `device` here ("cpu" or "cuda")."""
     return str(resolve_dtype("auto", device)).removeprefix("torch.")
@@ -157,11 +164,14 @@ class Infer(Stage):
         if self.device == "cpu" and (why := slow_on_this_cpu(config.dtype)):
             logging.getLogger(__name__).warning(why)   # a node unlike the driver's (the driver refuses on its own)
 
+        if self.device == "cuda" and config.dtype == "float32":
+            strict_float32()
         self.model = load_model(local_model_folder(config.model), config.task, dtype=resolve_dtype(config.dtype, self.device),
                                 device=self.device, **dict(config.model_options))
         if config.dtype == "int8":
             self.model = quantize_int8(self.model)
         self.pad_id = self.model.config.pad_token_id or 0
+        self.batch_tokens = config.batch_tokens   # halved on running out of GPU memory (`_shrink`)
         # Output width from one tiny forward pass, so a batch without windows has the same column type.
         probe = np.zeros(1, dtype=np.int32)
         self.width = int(self._launch([probe], [probe], np.array([1]), np.array([0])).shape[-1])
@@ -229,32 +239,75 @@ class Infer(Stage):
     def _run(self, ids: list[np.ndarray], type_ids: list[np.ndarray], lengths: np.ndarray):
         """Per window (in input order): the output rows as a list<fixed_size_list<float32>> array, padded length.
 
-        Each micro-batch is launched before the previous one's output is copied back: on a GPU the copy
-        waits for that forward while the next one is already queued, so the GPU does not idle while
-        this thread pads inputs and slices outputs (on CPU the order of work is the same as one by one).
+        Each micro-batch's forward and its copy back to the host are queued before the previous one's
+        output is read: on a GPU the next forward runs while this thread slices outputs and pads inputs
+        (on CPU the order of work is the same as one by one). A micro-batch the GPU has no memory for
+        halves the budget of this actor's micro-batches from then on (outputs never depend on it).
         """
+        import torch
+
         results: list[np.ndarray | None] = [None] * len(ids)
         padded = np.zeros(len(ids), dtype=np.int64)
-        order, groups = micro_batches(lengths, self.config.batch_tokens, PADDING[self.device])
+        pending = self._micro_batches(np.argsort(-lengths, kind="stable"), lengths)
 
-        def collect(members: np.ndarray, out) -> None:
-            out = out.float().cpu().numpy()
+        def collect(members: np.ndarray, out, copied) -> None:
+            if copied is not None:
+                copied.synchronize()
+            out = out.numpy()
             for row, window in enumerate(members):
                 # (T, W) per token, or (W,) per sequence → one vector per entry
                 results[window] = out[row, : lengths[window]] if out.ndim == 3 else out[row][None, :]
             padded[members] = int(lengths[members[0]])
 
         previous = None
-        for group in groups:
-            members = order[group]
+        while pending:
+            members = pending.pop(0)
             self._set_threads()
-            launched = (members, self._launch(ids, type_ids, lengths, members))
+            try:
+                launched = (members, *self._to_host(self._launch(ids, type_ids, lengths, members)))
+            except torch.OutOfMemoryError:
+                self._shrink(len(members), int(lengths[members[0]]))
+                pending = self._micro_batches(np.concatenate([members, *pending]), lengths)
+                continue
             if previous is not None:
                 collect(*previous)
             previous = launched
         if previous is not None:
             collect(*previous)
         return _vectors(results, self.width), padded
+
+    def _micro_batches(self, windows: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+        """`windows` (longest first) cut into micro-batches under this actor's budget: window indices per batch."""
+        order, groups = micro_batches(lengths[windows], self.batch_tokens, PADDING[self.device])
+        return [windows[order[group]] for group in groups]
+
+    def _shrink(self, rows: int, width: int) -> None:
+        """Out of GPU memory in a micro-batch of `rows` windows padded to `width`: later ones get at most
+        half of its tokens; a single window has nothing to split."""
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        if rows == 1:
+            raise torch.OutOfMemoryError(f"out of {self.device} memory in a single window of {width} tokens: the "
+                                         "device has too little free memory for this model")
+        tokens = rows * width
+        self.batch_tokens = max(1, min(self.batch_tokens, tokens) // 2)
+        logging.getLogger(__name__).warning(
+            "out of %s memory in a micro-batch of %d padded tokens: --batch-tokens %d from now on in this actor",
+            self.device, tokens, self.batch_tokens)
+
+    def _to_host(self, out):
+        """(the output as float32 on the host, an event to wait for first or None): from a GPU the copy is
+        queued behind the forward into pinned memory, and waited for only when the output is read."""
+        import torch
+
+        if self.device == "cpu":
+            return out.float(), None
+        host = out.float().to("cpu", non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        return host, copied
 
     def _launch(self, ids: list[np.ndarray], type_ids: list[np.ndarray], lengths: np.ndarray, members: np.ndarray):
         """One right-padded micro-batch of the given windows (longest first) → its output tensor, on the device."""

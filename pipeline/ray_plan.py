@@ -28,7 +28,7 @@ from ray.data import ActorPoolStrategy, Datasink
 
 from pipeline.cli import UsageError, one_line_reason
 from pipeline.gpu_wait import wait_for_gpus
-from pipeline.infer import auto_dtype, slow_on_this_cpu
+from pipeline.infer import auto_dtype, resolve_device, slow_on_this_cpu
 from pipeline.kill_hooks import kill_for_rows, kill_point
 from pipeline.ledger import done_in_flight, mark_in_flight
 from pipeline.stage import FILE_INDEX, ROW, Stage, StageSpec
@@ -211,6 +211,7 @@ def _cuda_auto_dtype() -> str:
 
 @ray.remote(num_cpus=0, num_gpus=0.01)   # GPU tasks' workers exit after each call (Ray's max_calls=1), CUDA context too
 def _probe_auto_dtype() -> str:
+    resolve_device("cuda")   # a node whose torch sees no GPU (a CPU wheel, a broken driver) says so, not "float16"
     return auto_dtype("cuda")
 
 

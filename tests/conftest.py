@@ -22,6 +22,16 @@ WORDS = (  # noqa: SIM905 - a sentence is easier to read than a list of words
 ).split()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """`pytest -m gpu` where torch sees no GPU (a CPU wheel, no driver) would pass with every test skipped."""
+    if config.getoption("markexpr", "").strip() == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise pytest.UsageError(f"-m gpu: torch {torch.__version__} sees no CUDA device here, so every GPU test "
+                                    "would be skipped; install a CUDA build of torch (bench/device_wheels.sh)")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The Airflow test last: .ci/run builds its virtual environment beside the rest of the suite."""
     items.sort(key=lambda item: item.get_closest_marker("airflow") is not None)   # stable: the rest keep their order

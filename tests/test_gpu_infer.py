@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from models import load_model
 from pipeline.infer import Infer, InferConfig
 from pipeline.tokenize import Tokenize, TokenizeConfig
 from pipeline.validate import ValidateConfig, ValidateText
+from tests.checkpoints import HEADS, make_checkpoint, random_batch
 from tests.conftest import make_texts
 from tests.test_stages import docs_table
 
@@ -68,3 +70,38 @@ def test_auto_dtype_is_resolved_once_on_a_gpu_and_recorded(ray_session, ner_chec
     expected = ["bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"]
     assert run["model"]["dtypes"] == expected and run["complete"]
     assert json.loads((tmp_path / "out" / "_progress" / "_job.json").read_text())["dtypes"] == expected
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "convbert"])
+def test_every_family_and_head_on_cuda_matches_transformers(tmp_path, family, head):
+    """float32 on the GPU within 1e-4 of `transformers` on the CPU; float16 and bfloat16 run and stay close."""
+    from pipeline.infer import strict_float32
+    from tests.test_model_parity import LENGTHS, reference
+
+    folder, hf = make_checkpoint(tmp_path, family, head, tokenizer=False)
+    ids, mask, types = random_batch(family, LENGTHS, hf.config.vocab_size)
+    types = types if family in ("bert", "convbert") else None
+    expected = reference(hf, family, head, ids, mask, types)
+    strict_float32()
+    for dtype, tolerance in ((torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 1e-1)):
+        model = load_model(folder, head, dtype=dtype, device="cuda")
+        with torch.inference_mode():
+            ours = model(ids.cuda(), mask.cuda(), types.cuda() if model.uses_token_type_ids else None).float().cpu()
+        real = (lambda t: t) if head == "classify" else (lambda t: t[mask.bool()])
+        scale = 1.0 if dtype == torch.float32 else 1.0 + float(expected.abs().max())
+        assert (real(ours) - real(expected)).abs().max().item() <= tolerance * scale, (dtype, family, head)
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean", "cls"])
+def test_embeddings_in_half_precision_on_cuda(tmp_path, pooling):
+    """Max pooling filled the padding with -1e9, which float16 cannot hold (the actor failed to start)."""
+    folder, _ = make_checkpoint(tmp_path, "bert", "base", tokenizer=False)
+    ids, mask, types = random_batch("bert", [9, 23, 4], 120)
+    outputs = {}
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        model = load_model(folder, "embed", dtype=dtype, device="cuda", pooling=pooling, normalize=True)
+        with torch.inference_mode():
+            outputs[dtype] = model(ids.cuda(), mask.cuda(), types.cuda()).float().cpu()
+    for dtype in (torch.float16, torch.bfloat16):
+        assert torch.nn.functional.cosine_similarity(outputs[dtype], outputs[torch.float32]).min() > 0.99

@@ -49,3 +49,11 @@ def test_the_wait_ends_when_the_demand_is_placed(ray_session, monkeypatch, capsy
     assert gpu_wait.wait_for_gpus("cuda", 2, seconds=60) == ""
     assert groups()[-1] == "REMOVED"
     assert "the cluster has 0 of the 2 GPUs" not in capsys.readouterr().out   # placed at the first look
+
+
+def test_the_dtype_probe_refuses_a_node_whose_torch_sees_no_gpu():
+    """torch without CUDA says "no bf16", which read as float16 for the whole run; now the probe fails."""
+    from pipeline import ray_plan
+
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        ray_plan._probe_auto_dtype._function()

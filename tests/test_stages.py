@@ -367,3 +367,52 @@ def test_int8_quantises_the_encoders_linear_layers_on_cpu_only(ner_checkpoint):
     assert not any(isinstance(m, torch.nn.Linear) for m in modules)
     assert any(isinstance(m, Int8Linear) for m in modules)
     assert isinstance(infer.model.head.classifier, torch.nn.Linear)   # the head stays fp32
+
+
+class DeviceMemory:
+    """A model that raises as CUDA does when a micro-batch has more than `limit` padded tokens."""
+
+    def __init__(self, model, limit: int) -> None:
+        self.model, self.limit, self.shapes = model, limit, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def __call__(self, input_ids, *args):
+        self.shapes.append(tuple(input_ids.shape))
+        if input_ids.numel() > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return self.model(input_ids, *args)
+
+
+def test_a_micro_batch_out_of_device_memory_is_split_and_the_budget_halved(ner_stages, ner_checkpoint, caplog):
+    """A micro-batch the GPU has no memory for runs again in halves, later ones under the halved
+    budget; the outputs are those of a run with memory enough."""
+    tokenize, _ = ner_stages
+    tokenized = tokenize(ValidateText(ValidateConfig())(docs_table(make_texts(8))))
+    reference = Infer(InferConfig(str(ner_checkpoint), "ner", batch_tokens=4096, device="cpu"))(tokenized)
+    infer = Infer(InferConfig(str(ner_checkpoint), "ner", batch_tokens=4096, device="cpu"))
+    infer.model = DeviceMemory(infer.model, limit=200)
+    out = infer(tokenized)
+    assert out.column(OUTPUTS).to_pylist() == reference.column(OUTPUTS).to_pylist()
+    assert infer.batch_tokens <= 200 and "--batch-tokens" in caplog.text
+    shapes = infer.model.shapes
+    assert shapes[0][0] * shapes[0][1] > 200   # the first micro-batch did not fit
+    windows = sum(len(doc) for doc in tokenized.column(WINDOWS).to_pylist())
+    assert sum(rows for rows, width in shapes if rows * width <= 200) == windows   # each ran once, in the end
+
+    infer.model = DeviceMemory(infer.model.model, limit=0)
+    with pytest.raises(torch.OutOfMemoryError, match="a single window of"):
+        infer(tokenized)
+
+
+def test_max_pooling_runs_in_half_precision():
+    """-1e9 for the padding overflows float16 (RuntimeError); the dtype's lowest value does not."""
+    from models.heads import Pooling
+
+    hidden = torch.randn(3, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    full = Pooling(("max", "mean"), False)(hidden, mask)
+    for dtype in (torch.float16, torch.bfloat16):
+        half = Pooling(("max", "mean"), False)(hidden.to(dtype), mask.to(dtype))
+        torch.testing.assert_close(half.float(), full, atol=2e-2, rtol=1e-2)
