@@ -15,7 +15,7 @@ from models.registry import Family, family_for
 # What besides the weights decides a model's results: its config, tokenizer and sentence-transformers files.
 SETTINGS_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                   "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "modules.json",
-                  "sentence_bert_config.json", "1_Pooling/config.json")
+                  "sentence_bert_config.json", "1_Pooling/config.json", "config_sentence_transformers.json")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 

@@ -76,30 +76,40 @@ class PreClassifier(nn.Module):
         return self.classifier(F.relu(self.pre_classifier(hidden[:, 0])))
 
 
-POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len", "weightedmean", "lasttoken")
 
 
 class Pooling(nn.Module):
-    """Embeddings as sentence-transformers computes them: modes concatenated in its order, then L2."""
+    """Embeddings as sentence-transformers computes them: modes concatenated in the given order, then L2.
+    `skip` first tokens (the [CLS] and a prompt's tokens: its `include_prompt=False`) are left out of every mode."""
 
-    def __init__(self, modes: tuple[str, ...], normalize: bool):
+    def __init__(self, modes: tuple[str, ...], normalize: bool, skip: int = 0):
         super().__init__()
         unknown = [m for m in modes if m not in POOLING_MODES]
         if unknown or not modes:
             raise ValueError(f"pooling {list(modes)!r}: expected one or more of {', '.join(POOLING_MODES)}")
-        self.modes = tuple(m for m in POOLING_MODES if m in modes)
-        self.normalize = normalize
+        self.modes, self.normalize, self.skip = tuple(modes), normalize, skip
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        if self.skip:
+            attention_mask = attention_mask.clone()
+            attention_mask[:, : self.skip] = 0
         keep = attention_mask.to(hidden.dtype)[:, :, None]                            # (B, T, 1)
         count = keep.sum(1).clamp(min=1e-9)                                           # (B, 1)
         pooled = []
         for mode in self.modes:
-            if mode == "cls":
-                pooled.append(hidden[:, 0])
+            if mode == "cls":       # the first token pooled: [CLS], or the first after a skipped prompt
+                first = attention_mask.to(torch.int32).argmax(1)
+                pooled.append(hidden[torch.arange(len(hidden), device=hidden.device), first])
             elif mode == "max":
                 # the dtype's lowest value: -1e9 (sentence-transformers') overflows float16; every window has a token
                 pooled.append(hidden.masked_fill(keep == 0, torch.finfo(hidden.dtype).min).max(1).values)
+            elif mode == "weightedmean":   # position t (from 1) weighs t
+                weights = keep * torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=hidden.dtype)[:, None]
+                pooled.append((hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9))
+            elif mode == "lasttoken":     # the last token pooled (right padding): [SEP]
+                last = (attention_mask.shape[1] - 1 - attention_mask.flip(1).to(torch.int32).argmax(1))
+                pooled.append(hidden[torch.arange(len(hidden), device=hidden.device), last] * keep.amax(1))
             else:
                 total = (hidden * keep).sum(1)
                 pooled.append(total / (count if mode == "mean" else count.sqrt()))

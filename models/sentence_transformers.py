@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+# sentence-transformers' legacy flags, in the order it concatenates their vectors
 _MODE_KEYS = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_max_tokens": "max",
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
 }
-_UNSUPPORTED_MODES = ("pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
+_MODE_NAMES = {"mean_sqrt_len_tokens": "mean_sqrt_len"}   # its `pooling_mode` names (version 5 on) -> ours
 DEFAULT_POOLING = ("mean",)   # the portable default: BERT's [CLS] is a poor summary without fine-tuning
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompts:
+    """config_sentence_transformers.json's prompts (name -> text put before every text), the one `encode`
+    uses by default, and whether pooling takes the prompt's tokens in (Pooling's `include_prompt`)."""
+    prompts: dict[str, str] = dataclasses.field(default_factory=dict)
+    default_name: str | None = None
+    include_prompt: bool = True
 
 
 def _read(path: Path) -> dict | list:
@@ -42,14 +55,34 @@ def pooling_from_folder(folder: Path) -> tuple[tuple[str, ...], bool]:
 
 
 def _pooling_modes(path: Path) -> tuple[str, ...]:
+    """Modes in the order sentence-transformers concatenates them: `pooling_mode` (a name or a list; version
+    5 on), else the legacy `pooling_mode_*` flags (none set: mean, as sentence-transformers falls back)."""
     config = _read(path)
-    for key in _UNSUPPORTED_MODES:
-        if config.get(key):
-            raise ValueError(f"{path}: {key} is not supported (supported: {', '.join(_MODE_KEYS)})")
-    modes = tuple(mode for key, mode in _MODE_KEYS.items() if config.get(key))
+    mode = config.get("pooling_mode")
+    if mode is None:
+        return tuple(name for key, name in _MODE_KEYS.items() if config.get(key)) or ("mean",)
+    modes = tuple(_MODE_NAMES.get(m, m) for m in ([mode] if isinstance(mode, str) else mode))
     if not modes:
-        raise ValueError(f"{path}: no pooling mode is set")
+        raise ValueError(f"{path}: pooling_mode is empty")
     return modes
+
+
+def prompts(folder: Path) -> Prompts:
+    """The folder's prompts, default prompt name and include_prompt (none, if it has no such files)."""
+    path = folder / "config_sentence_transformers.json"
+    config = _read(path) if path.is_file() else {}
+    include = True
+    modules_path = folder / "modules.json"
+    for module in _read(modules_path) if modules_path.is_file() else []:
+        pooling = folder / module.get("path", "") / "config.json"
+        if module.get("type", "").endswith(".Pooling") and pooling.is_file():
+            include = bool(_read(pooling).get("include_prompt", True))
+    found = Prompts({str(k): str(v) for k, v in (config.get("prompts") or {}).items()},
+                    config.get("default_prompt_name"), include)
+    if found.default_name is not None and found.default_name not in found.prompts:
+        raise ValueError(f"{path}: default_prompt_name {found.default_name!r} is not one of its prompts "
+                         f"({', '.join(found.prompts) or 'none'})")
+    return found
 
 
 def _bert_config(folder: Path) -> dict:
@@ -64,5 +97,6 @@ def max_seq_length(folder: Path) -> int | None:
 
 
 def do_lower_case(folder: Path) -> bool:
-    """sentence_bert_config.json's do_lower_case: sentence-transformers lowercases every text before its tokenizer."""
+    """sentence_bert_config.json's do_lower_case: sentence-transformers puts a Lowercase normalizer first
+    in the tokenizer (special tokens stay as they are)."""
     return bool(_bert_config(folder).get("do_lower_case", False))

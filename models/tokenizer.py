@@ -178,7 +178,9 @@ class Tokenizer:
         return self._windowers[key]
 
 
-def load_tokenizer(folder: str | Path) -> Tokenizer:
+def load_tokenizer(folder: str | Path, lowercase: bool = False) -> Tokenizer:
+    """The folder's tokenizer as `PreTrainedTokenizerFast` loads it; `lowercase` puts a Lowercase normalizer
+    first, as sentence-transformers does for `do_lower_case` (special tokens stay as they are)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"tokenizer folder {folder} does not exist or is not a directory")
@@ -206,6 +208,8 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
         )
     _apply_fast_class_edits(backend, settings, family)
     _add_special_tokens(backend, settings, specials)
+    if lowercase and not _lowercases(backend.normalizer):
+        backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), *_steps(backend.normalizer)])
     # As PreTrainedTokenizerFast: tokenizer_config.json's sides and pad token, else those stored in the
     # tokenizer.json (whose lengths never cap our windows).
     default_inputs = ["input_ids", "attention_mask"] + ([] if family in _NO_TYPE_IDS else ["token_type_ids"])
@@ -215,6 +219,16 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
     if stored_padding:
         stored.update(padding_side=stored_padding["direction"], pad_token=stored_padding["pad_token"])
     return Tokenizer(backend, {**stored, **settings, **specials})
+
+
+def _lowercases(normalizer) -> bool:
+    return any(isinstance(step, normalizers.Lowercase) for step in _steps(normalizer))
+
+
+def _steps(normalizer) -> list:
+    if normalizer is None:
+        return []
+    return list(normalizer) if isinstance(normalizer, normalizers.Sequence) else [normalizer]
 
 
 def _wordpiece(folder: Path, settings: dict, specials: dict) -> RustTokenizer:

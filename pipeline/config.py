@@ -179,6 +179,17 @@ class EmbedConfig(JobConfig):
         "truncate", description="truncate: first window only, as sentence-transformers; mean: token-weighted "
         "mean of all windows")
     embedding_dtype: Literal["float32", "float16"] = Field("float32", description="type of the stored embedding")
+    prompt_name: str | None = Field(
+        None, description="put the model's prompt of that name (config_sentence_transformers.json) before every "
+                          "text, as sentence-transformers' encode(prompt_name=...) (default: its default_prompt_name)")
+    prompt: str | None = Field(
+        None, description="put this text before every text, as encode(prompt=...); '' for none")
+
+    @model_validator(mode="after")
+    def _one_prompt(self):
+        if self.prompt is not None and self.prompt_name is not None:
+            raise ValueError("give at most one of --prompt TEXT and --prompt-name NAME")
+        return self
 
 
 # Task name (`task:` in a multi-task YAML) -> its config class.

@@ -4,7 +4,9 @@ Pooling and normalisation come from the model's sentence-transformers modules (`
 `--normalize/--no-normalize` override them). The default `--max-length` is the folder's
 `sentence_bert_config.json` `max_seq_length` (256 for all-MiniLM-L6-v2), as sentence-transformers
 truncates; the truncation stored inside `tokenizer.json` (128 there) is never used. Its
-`do_lower_case` lowercases every text before the tokenizer, as sentence-transformers does.
+`do_lower_case` puts a Lowercase normalizer first in the tokenizer, as sentence-transformers (5) does.
+A prompt (`--prompt-name`, `--prompt`, else the model's `default_prompt_name`) goes before every text,
+as `encode` puts it; a Pooling with `include_prompt: false` leaves its tokens out of the pooling.
 `--long-text truncate` embeds the first window only (only that window is sent to the model);
 `mean` embeds every window and takes their token-weighted mean (`embed_decode.combine_windows`).
 """
@@ -104,11 +106,38 @@ def _feed(config, model: ModelInfo) -> Feed:
         config = config.model_copy(update={"max_length": min(length, model.max_tokens)})
     max_length = resolve_max_length(config, model)
     stage = FirstWindowTokenize if config.long_text == "truncate" else Tokenize
+    prompt, prompt_tokens = _prompt(config, model, lowercase)
     tokenize = TokenizeConfig(model.folder, config.text_column, None, max_length, config.stride,
-                              lowercase=lowercase)
+                              lowercase=lowercase, prefix=prompt)
     _, normalize = model_pooling(config, model.local)
-    options = (("pooling", config.pooling), ("normalize", normalize))
+    options = (("pooling", config.pooling), ("normalize", normalize), ("prompt_tokens", prompt_tokens))
     return Feed(StageSpec(stage, tokenize), max_length, model_options=options)
+
+
+def _prompt(config, model: ModelInfo, lowercase: bool) -> tuple[str, int]:
+    """(the text put before every text, how many first tokens the pooling leaves out: 0 unless the model's
+    Pooling says include_prompt=false, then the [CLS] and the prompt's tokens, as sentence-transformers)."""
+    from models import load_tokenizer
+    from models.sentence_transformers import prompts
+
+    try:
+        found = prompts(Path(model.local))
+    except (ValueError, TypeError, AttributeError, OSError) as error:
+        raise UsageError(f"--model {config.model!r}: {error}") from None
+    name = config.prompt_name if config.prompt is None else None
+    if name is not None and name not in found.prompts:
+        raise UsageError(f"--prompt-name {name!r}: the model's prompts are {', '.join(map(repr, found.prompts)) or 'none'}"
+                         " (config_sentence_transformers.json); give the text with --prompt")
+    prompt = config.prompt if config.prompt is not None else found.prompts.get(name or found.default_name or "", "")
+    if not prompt or found.include_prompt:
+        return prompt, 0
+    if config.long_text != "truncate":
+        raise UsageError("--long-text mean with a prompt: the model's pooling leaves the prompt's tokens out "
+                         "(include_prompt: false), which only the first window has; use --long-text truncate")
+    tokenizer = load_tokenizer(Path(model.local), lowercase=lowercase)
+    window = tokenizer.encode_windows([prompt], max_length=1 << 20)[0][0]
+    special_last = window.sequence_ids[-1] < 0   # a trailing [SEP] / </s> is not the prompt's
+    return prompt, len(window) - int(special_last)
 
 
 def _dim(config, model: ModelInfo) -> int:

@@ -40,7 +40,8 @@ class TokenizeConfig:
     pair_column: str | None = None  # second text (text pairs, QA contexts)
     max_length: int = 512
     stride: int = 0
-    lowercase: bool = False         # str.lower() every text first (sentence_bert_config.json's do_lower_case)
+    lowercase: bool = False         # a Lowercase normalizer first (sentence_bert_config.json's do_lower_case)
+    prefix: str = ""                # put before every text (an embedding model's prompt)
 
 
 class Tokenize(Stage):
@@ -54,7 +55,7 @@ class Tokenize(Stage):
         self.requires, self.adds, self.removes = self.declare(config)
         from models.remote import local_model_folder
 
-        self.tokenizer = load_tokenizer(local_model_folder(config.model))
+        self.tokenizer = load_tokenizer(local_model_folder(config.model), lowercase=config.lowercase)
 
     @classmethod
     def declare(cls, config: TokenizeConfig):
@@ -69,9 +70,8 @@ class Tokenize(Stage):
             pairs = None
             if self.config.pair_column:
                 pairs = table.column(self.config.pair_column).take(positions).to_pylist()
-            if self.config.lowercase:
-                texts = [t.lower() if isinstance(t, str) else t for t in texts]
-                pairs = pairs and [t.lower() if isinstance(t, str) else t for t in pairs]
+            if self.config.prefix:
+                texts = [self.config.prefix + t if isinstance(t, str) else t for t in texts]
             per_doc, failures = self._encode(texts, pairs)
             docs: list[list] = [[] for _ in range(table.num_rows)]
             for position, windows in zip(positions, per_doc):

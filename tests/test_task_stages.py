@@ -309,3 +309,58 @@ def assert_nested_close(got, expected, path="") -> None:
         assert got == pytest.approx(expected, abs=1e-5), path
     else:
         assert got == expected, path
+
+
+ST_TEXTS = ["Ο ΔΡΟΜΟΣ ΤΗΣ ΠΟΛΗΣ", "Hello [SEP] World [MASK] End", "İstanbul ﬁne ǅ ÉCOLE", "東京 and 北京 😀", "x",
+            "John Smith works at Acme Corp in Paris"]
+PROMPTS = {"prompts": {"query": "Query: ", "passage": "PASSAGE: "}, "default_prompt_name": "query"}
+
+
+@pytest.mark.parametrize(("pooling", "settings", "flags", "encode"), [
+    ({"pooling_mode_cls_token": True}, {}, {}, {}),                                   # legacy flags
+    ({"pooling_mode_mean_tokens": False}, {}, {}, {}),                                # none set: mean
+    ({"pooling_mode": ["mean", "cls"]}, {}, {}, {}),                                  # version 5: in its order
+    ({"pooling_mode": ["weightedmean", "lasttoken", "mean_sqrt_len_tokens"]}, {}, {}, {}),
+    ({"pooling_mode": "mean"}, PROMPTS, {}, {}),                                      # the default prompt
+    ({"pooling_mode": "max"}, PROMPTS, {"prompt_name": "passage"}, {"prompt_name": "passage"}),
+    ({"pooling_mode": "mean"}, PROMPTS, {"prompt": ""}, {"prompt": ""}),
+    ({"pooling_mode": ["mean", "cls"], "include_prompt": False}, PROMPTS, {}, {}),   # prompt left out of pooling
+], ids=["legacy-cls", "legacy-none", "v5-order", "weighted-last", "default-prompt", "prompt-name", "no-prompt",
+        "exclude-prompt"])
+def test_embed_reads_sentence_transformers_folders_as_it_does(pooling, settings, flags, encode, tmp_path):
+    """Pooling configs of every sentence-transformers version, prompts, and do_lower_case (a Lowercase
+    normalizer: Greek final sigma, special tokens written in the text) as `encode` applies them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sentence_transformers import SentenceTransformer
+
+    folder, _ = make_checkpoint(tmp_path / "model", "bert", "base")
+    write_wordpiece_tokenizer(folder, lowercase=False)
+    write_sentence_transformers_files(folder, "cls", False, max_seq_length=24, do_lower_case=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 32, **pooling}))
+    if settings:
+        (folder / "config_sentence_transformers.json").write_text(json.dumps(settings))
+    (tmp_path / "corpus").mkdir()
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(len(ST_TEXTS))], "text": ST_TEXTS}),
+                   tmp_path / "corpus" / "part-0.parquet")
+    ours = annotate(EmbedConfig(model=str(folder), input=str(tmp_path / "corpus"), output=str(tmp_path / "out"),
+                                **flags), EMBED_TASK)
+    expected = SentenceTransformer(str(folder), device="cpu").encode(ST_TEXTS, **encode)
+    got = np.array([ours[f"d{i}"]["embedding"] for i in range(len(ST_TEXTS))], np.float32)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_embed_prompt_flags_are_checked(tmp_path):
+    from pipeline.job import inspect_model
+
+    folder, _ = make_checkpoint(tmp_path / "model", "bert", "base")
+    write_sentence_transformers_files(folder, "mean", False)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "mean", "include_prompt": False}))
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(PROMPTS))
+    base = dict(model=str(folder), input=str(tmp_path), output=str(tmp_path / "out"))
+    with pytest.raises(UsageError, match="--prompt-name 'doc': the model's prompts are 'query', 'passage'"):
+        EMBED_TASK.feed(EmbedConfig(**base, prompt_name="doc"), inspect_model(str(folder)))
+    with pytest.raises(UsageError, match="--long-text mean with a prompt"):
+        EMBED_TASK.feed(EmbedConfig(**base, long_text="mean"), inspect_model(str(folder)))
+    with pytest.raises(ValueError, match="at most one of --prompt TEXT and --prompt-name NAME"):
+        EmbedConfig(**base, prompt="q: ", prompt_name="query")

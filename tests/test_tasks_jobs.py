@@ -127,7 +127,8 @@ def test_multi_task_job_equals_the_single_task_jobs(runs):
                             "--window-aggregation"]),
     ("qa_corpus.py", ["--question", "--question-column", "--doc-stride", "--max-answer-len", "--max-question-len",
                       "--handle-impossible-answer", "--top-k"]),
-    ("embed_corpus.py", ["--pooling", "--normalize", "--no-normalize", "--long-text", "--embedding-dtype"]),
+    ("embed_corpus.py", ["--pooling", "--normalize", "--no-normalize", "--long-text", "--embedding-dtype",
+                          "--prompt-name", "--prompt"]),
     ("multi_corpus.py", ["--config", "--input", "--output", "--overwrite"]),
 ])
 def test_help_lists_the_task_flags(job, flags):
