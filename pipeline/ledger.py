@@ -22,6 +22,7 @@ import numpy as np
 
 PROGRESS_DIR = "_progress"
 JOB_FILE = "_job.json"
+JOB_COPY = "._job.json"                 # written before _job.json where writes are in place (`write_job`)
 IN_FLIGHT_DIR = ".in_flight"            # markers of batches an actor is working on (mark_in_flight)
 # Files a write task may leave: results (also below hive folders), errors, and their temporary names.
 PART_FILE = re.compile(r"(^|/)part-[^/]*\.parquet$")
@@ -73,10 +74,17 @@ def _join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
+def in_place(fs) -> bool:
+    """Writes on `fs` can be cut by a crash: not a local disk (temporary name + rename) nor an object store
+    (one PUT is whole or absent). HDFS, SFTP: their rename does not always replace a file (WebHDFS RENAME
+    onto an existing name fails without an error), so entries are written in place there."""
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    return not protocols & {"file", "local", "s3", "s3a", "gs", "gcs", "abfs", "az", "adl", "oss", "memory"}
+
+
 def put_json(fs, path: str, value: dict) -> None:
     """Whole or nothing on local disks (a temporary name, renamed over the old file) and object stores (one
-    PUT). Other filesystems get one write in place: their rename does not always replace a file (WebHDFS
-    RENAME onto an existing name fails without an error), so there a crash mid-write can cut an entry."""
+    PUT); one write in place elsewhere (`in_place`), where readers take an entry a crash cut as never written."""
     data = json.dumps(value, default=str)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol not in ("file", "local"):
@@ -138,7 +146,7 @@ def in_flight(output: str) -> dict[int, Ranges]:
     markers = []
     for path in fs.ls(folder, detail=False) if fs.exists(folder) else []:
         if path.endswith(".json") and not path.rsplit("/", 1)[-1].startswith("."):
-            with fs.open(path, "r") as handle:
+            with contextlib.suppress(ValueError), fs.open(path, "r") as handle:   # a marker cut by a crash
                 markers.append(json.load(handle))
     most = max((m["attempts"] for m in markers), default=1)
     found: dict[int, Ranges] = {}
@@ -181,9 +189,8 @@ def recover(output: str) -> Progress:
         for path in sorted(fs.ls(progress, detail=False)):
             name = path.rsplit("/", 1)[-1]
             if name.endswith(".json") and name != JOB_FILE and not name.startswith("."):
-                with fs.open(path, "r") as handle:
-                    entry = json.load(handle)
-                if set(entry["files"]) <= set(found):
+                entry = _entry(fs, path)
+                if entry is not None and set(entry["files"]) <= set(found):
                     entries.append(entry)
                 else:
                     fs.rm(path)
@@ -202,18 +209,39 @@ def recover(output: str) -> Progress:
     return Progress({k: merge(v) for k, v in committed.items()}, entries, removed)
 
 
+def _entry(fs, path: str) -> dict | None:
+    """A commit entry, or None for one a crash cut (written in place: `in_place`): its rows are done again."""
+    try:
+        with fs.open(path, "r") as handle:
+            entry = json.load(handle)
+        return entry if isinstance(entry, dict) and {"files", "ranges"} <= entry.keys() else None
+    except ValueError:   # JSONDecodeError, UnicodeDecodeError
+        return None
+
+
 def read_job(output: str) -> dict | None:
+    """`_job.json`; where it is written in place, its copy when a crash cut it (`write_job`)."""
     fs, root = _fresh_fs(output)
     path = _join(root, PROGRESS_DIR, JOB_FILE)
     if not fs.exists(path):
         return None
-    with fs.open(path, "r") as handle:
-        return json.load(handle)
+    try:
+        with fs.open(path, "r") as handle:
+            return json.load(handle)
+    except ValueError:
+        copy = _join(root, PROGRESS_DIR, JOB_COPY)
+        if not in_place(fs) or not fs.exists(copy):
+            raise
+        with fs.open(copy, "r") as handle:
+            return json.load(handle)
 
 
 def write_job(output: str, job: dict) -> None:
+    """Where writes are in place, a copy first: a crash cuts at most one of the two."""
     fs, root = fsspec.core.url_to_fs(output)
     fs.makedirs(_join(root, PROGRESS_DIR), exist_ok=True)
+    if in_place(fs):
+        put_json(fs, _join(root, PROGRESS_DIR, JOB_COPY), job)
     put_json(fs, _join(root, PROGRESS_DIR, JOB_FILE), job)
 
 

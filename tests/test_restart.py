@@ -255,6 +255,46 @@ def test_an_entry_whose_files_are_gone_is_done_again_not_counted(tmp_path):
     assert sorted(p.name for p in (out / "_progress").iterdir()) == ["00000-000000000000.json"]
 
 
+def test_entries_a_crash_cut_on_a_filesystem_written_in_place(tmp_path, monkeypatch):
+    """HDFS / SFTP entries are written in place: a crash mid-write leaves a cut one. A cut commit is a
+    commit that never happened (its rows are done again), a cut in-flight marker is no suspect, and a
+    cut _job.json is read from the copy written before it; on a local disk a cut _job.json still fails."""
+    from types import SimpleNamespace
+
+    import fsspec
+
+    from pipeline import ledger
+
+    in_place = ledger.in_place
+    out = tmp_path / "out"
+    fs = fsspec.filesystem("file")
+    (out / "_progress").mkdir(parents=True)
+    job = {"task": "ner", "runs": [{"run": 1}]}
+    monkeypatch.setattr(ledger, "in_place", lambda fs: True)   # as on HDFS
+    ledger.write_job(str(out), job)
+    assert json.loads((out / "_progress" / ledger.JOB_COPY).read_text()) == job
+    for name in ("part-00000-000000000000.parquet", "part-00000-000000000005.parquet"):
+        (out / name).write_bytes(b"x")
+    ledger.commit(fs, str(out), ["part-00000-000000000000.parquet"], {0: [(0, 5)]}, {"rows": 5, "errors": 0}, run=1)
+    ledger.commit(fs, str(out), ["part-00000-000000000005.parquet"], {0: [(5, 10)]}, {"rows": 5, "errors": 0}, run=1)
+    cut = out / "_progress" / "00000-000000000005.json"
+    cut.write_text(cut.read_text()[:25])
+    marker = Path(ledger.mark_in_flight(str(out), "infer", np.array([0]), np.array([7])))
+    marker.write_text(marker.read_text()[:10])
+    (out / "_progress" / ledger.JOB_FILE).write_text(json.dumps({**job, "runs": [{"run": 1}, {"run": 2}]})[:20])
+
+    progress = ledger.recover(str(out))
+    assert progress.committed == {0: [(0, 5)]} and not cut.exists()
+    assert not (out / "part-00000-000000000005.parquet").exists()   # its file went with it: rows done again
+    assert ledger.in_flight(str(out)) == {}
+    assert ledger.read_job(str(out)) == job
+    monkeypatch.setattr(ledger, "in_place", lambda fs: False)   # a local disk: a cut file is no crash of ours
+    with pytest.raises(json.JSONDecodeError):
+        ledger.read_job(str(out))
+    kinds = {"webhdfs": True, "sftp": True, "hdfs": True, "file": False, "s3": False, "gcs": False, "abfs": False}
+    assert {kind: in_place(SimpleNamespace(protocol=(kind,))) for kind in kinds} == kinds
+
+
 def test_a_stale_unreadable_file_row_goes_once_the_file_reads(tmp_path):
     from types import SimpleNamespace
 
