@@ -183,7 +183,8 @@ class EmbedConfig(JobConfig):
         None, description="put the model's prompt of that name (config_sentence_transformers.json) before every "
                           "text, as sentence-transformers' encode(prompt_name=...) (default: its default_prompt_name)")
     prompt: str | None = Field(
-        None, description="put this text before every text, as encode(prompt=...); '' for none")
+        None, description="put this text before every text, as encode(prompt=...); '' for none (with --long-text "
+                          "mean a prompt is in each document's first window only)")
 
     @model_validator(mode="after")
     def _one_prompt(self):
