@@ -263,6 +263,7 @@ def test_multi_task_equals_single_tasks_and_shares_tokenization(corpus, tmp_path
         "topics_all": {"task": "classify", "model": str(classify), "all_labels": True},
         "answer": {"task": "qa", "model": str(qa), "question_column": "question", "max_length": 48, "top_k": 2},
         "vector": {"task": "embed", "model": MINILM, "max_length": 128},
+        "query_vector": {"task": "embed", "model": MINILM, "max_length": 128, "prompt": "query: "},
     }
     shared = common(corpus, tmp_path, max_length=64)
     config, task = multi_task(MultiConfig(**shared, tasks=tasks))
@@ -275,6 +276,7 @@ def test_multi_task_equals_single_tasks_and_shares_tokenization(corpus, tmp_path
         "answer": (QaConfig(model=str(qa), question_column="question", top_k=2, **{**shared, "max_length": 48}),
                    QA_TASK),
         "vector": (EmbedConfig(model=MINILM, **{**shared, "max_length": 128}), EMBED_TASK),
+        "query_vector": (EmbedConfig(model=MINILM, prompt="query: ", **{**shared, "max_length": 128}), EMBED_TASK),
     }
     alone = {column: annotate(c, t) for column, (c, t) in singles.items()}
     # A row that fails in one task (here: long texts as the first text of a pair) fails in the run.
@@ -285,8 +287,11 @@ def test_multi_task_equals_single_tasks_and_shares_tokenization(corpus, tmp_path
             fields = {k: v for k, v in rows[doc_id].items() if k != "id"}
             assert_nested_close(together[doc_id][column], fields)
     plan_parts = multi_parts(config, task)
-    # NER and the plain classifiers share one tokenization; the plain classifiers share one inference.
-    assert plan_parts == {"tokenize": 4, "infer": 5, "decode": 6}
+    # NER and the plain classifiers share one tokenization; the plain classifiers share one inference;
+    # a prompt makes another tokenization.
+    assert plan_parts == {"tokenize": 5, "infer": 6, "decode": 7}
+    assert not np.allclose(together[next(iter(together))]["vector"]["embedding"],
+                           together[next(iter(together))]["query_vector"]["embedding"])
 
 
 def multi_parts(config, task) -> dict[str, int]:
