@@ -15,7 +15,7 @@ from models.registry import Family, family_for
 # What besides the weights decides a model's results: its config, tokenizer and sentence-transformers files.
 SETTINGS_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                   "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "modules.json",
-                  "sentence_bert_config.json", "1_Pooling/config.json", "config_sentence_transformers.json")
+                  "sentence_bert_config.json", "1_Pooling/config.json")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -82,9 +82,13 @@ def settings_fingerprint(folder: Path, names: tuple[str, ...] = SETTINGS_FILES) 
     """sha256 of the folder's files of these names (names and contents); by default SETTINGS_FILES: with
     the weights' fingerprint, what a restart compares (another label map or tokenizer beside the same
     weights gives other results)."""
+    from models.sentence_transformers import encode_settings_identity
+
     digest = hashlib.sha256()
     for name in names:
         path = Path(folder) / name
         if path.is_file():
             digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    if names == SETTINGS_FILES and (encode := encode_settings_identity(Path(folder))):
+        digest.update(b"encode\0" + encode + b"\0")   # prompts, truncate_dim: only when the model sets them
     return digest.hexdigest()

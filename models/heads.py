@@ -80,17 +80,19 @@ POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len", "weightedmean", "lasttok
 
 
 class Pooling(nn.Module):
-    """Embeddings as sentence-transformers computes them: modes concatenated in the given order, then L2.
-    `skip` first tokens (the [CLS] and a prompt's tokens: its `include_prompt=False`) are left out of every mode."""
+    """Embeddings as sentence-transformers computes them (in float32): modes concatenated in the given order,
+    then L2, then the first `truncate_dim` values when set. `skip` first tokens (the [CLS] and a prompt's
+    tokens: its `include_prompt=False`) are left out of every mode."""
 
-    def __init__(self, modes: tuple[str, ...], normalize: bool, skip: int = 0):
+    def __init__(self, modes: tuple[str, ...], normalize: bool, skip: int = 0, truncate_dim: int | None = None):
         super().__init__()
         unknown = [m for m in modes if m not in POOLING_MODES]
         if unknown or not modes:
             raise ValueError(f"pooling {list(modes)!r}: expected one or more of {', '.join(POOLING_MODES)}")
-        self.modes, self.normalize, self.skip = tuple(modes), normalize, skip
+        self.modes, self.normalize, self.skip, self.truncate_dim = tuple(modes), normalize, skip, truncate_dim
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        hidden = hidden.float()   # in float32: float16 sums of position weights overflow past ≈ 360 tokens
         if self.skip:
             attention_mask = attention_mask.clone()
             attention_mask[:, : self.skip] = 0
@@ -102,7 +104,6 @@ class Pooling(nn.Module):
                 first = attention_mask.to(torch.int32).argmax(1)
                 pooled.append(hidden[torch.arange(len(hidden), device=hidden.device), first])
             elif mode == "max":
-                # the dtype's lowest value: -1e9 (sentence-transformers') overflows float16; every window has a token
                 pooled.append(hidden.masked_fill(keep == 0, torch.finfo(hidden.dtype).min).max(1).values)
             elif mode == "weightedmean":   # position t (from 1) weighs t
                 weights = keep * torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=hidden.dtype)[:, None]
@@ -114,4 +115,5 @@ class Pooling(nn.Module):
                 total = (hidden * keep).sum(1)
                 pooled.append(total / (count if mode == "mean" else count.sqrt()))
         out = torch.cat(pooled, dim=-1)
-        return F.normalize(out, p=2, dim=1) if self.normalize else out
+        out = F.normalize(out, p=2, dim=1) if self.normalize else out
+        return out[:, : self.truncate_dim] if self.truncate_dim else out

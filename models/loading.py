@@ -59,10 +59,12 @@ class TaskModel(nn.Module):
 
 
 def build_head(family: Family, config: EncoderConfig, task: str, folder: Path,
-               pooling: str | None, normalize: bool | None, prompt_tokens: int = 0) -> nn.Module:
+               pooling: str | None, normalize: bool | None, prompt_tokens: int = 0,
+               truncate_dim: int | None = None) -> nn.Module:
     if task == "embed":
         modes, norm = pooling_from_folder(folder)
-        return Pooling((pooling,) if pooling else modes, norm if normalize is None else normalize, prompt_tokens)
+        return Pooling((pooling,) if pooling else modes, norm if normalize is None else normalize, prompt_tokens,
+                       truncate_dim)
     heads = {"base": NoHead, "ner": TokenClassifier, "classify": getattr(head_modules, family.classifier),
              "qa": SpanPredictor}
     if task not in heads:
@@ -71,14 +73,16 @@ def build_head(family: Family, config: EncoderConfig, task: str, folder: Path,
 
 
 def load_model(folder: str | Path, task: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-               pooling: str | None = None, normalize: bool | None = None, prompt_tokens: int = 0) -> TaskModel:
+               pooling: str | None = None, normalize: bool | None = None, prompt_tokens: int = 0,
+               truncate_dim: int | None = None) -> TaskModel:
     """`pooling`, `normalize`: overrides of an embedding model's modules; `prompt_tokens`: first tokens its
-    pooling leaves out (a prompt, when its Pooling has include_prompt=false)."""
+    pooling leaves out (a prompt, when its Pooling has include_prompt=false); `truncate_dim`: values kept."""
     folder = Path(folder)
     family, config = read_config(folder)
     check_architectures(config, task)
     with torch.device("meta"):
-        model = TaskModel(family, config, build_head(family, config, task, folder, pooling, normalize, prompt_tokens))
+        model = TaskModel(family, config, build_head(family, config, task, folder, pooling, normalize, prompt_tokens,
+                                                                truncate_dim))
     files = weight_files(folder)
     weights = read_weights(files)
     names = Names(family, list(weights))

@@ -88,9 +88,11 @@ def local_model_folder(uri: str, storage_options: dict | None = None) -> Path:
                           f"set {CACHE_ENV} to a writable folder") from None
         with open(lock) as handle:   # the download lock: one process of the node copies, the others wait
             fcntl.flock(handle, fcntl.LOCK_EX)
-            if not (entry / COMPLETE).is_file():  # another process may have finished while we waited
-                _download(fs, root, files, entry)
-                prune(keep=entry)
+            if (entry / COMPLETE).is_file():  # another process finished it while we waited: hold it
+                continue
+            _keep(entry, _download(fs, root, files, entry))
+        prune(keep=entry)
+        break
     with contextlib.suppress(OSError):   # the last use, for pruning (another user's entry keeps its own stamp)
         os.utime(entry / COMPLETE)
     return entry
@@ -107,10 +109,14 @@ def _hold(entry: Path) -> bool:
     if not _is(entry, folder):           # ... and then finds it gone
         os.close(folder)
         return False
+    _keep(entry, folder)
+    return True
+
+
+def _keep(entry: Path, folder: int) -> None:
     if entry in _HELD:
         os.close(_HELD[entry])
     _HELD[entry] = folder
-    return True
 
 
 def _is(entry: Path, folder: int) -> bool:
@@ -140,8 +146,9 @@ def content_key(fs: fsspec.AbstractFileSystem, root: str, files: dict[str, dict]
     return digest.hexdigest()[:16]
 
 
-def _download(fs: fsspec.AbstractFileSystem, root: str, files: dict[str, dict], entry: Path) -> None:
-    """Copy into a staging folder and rename it into place; called with the entry's lock held."""
+def _download(fs: fsspec.AbstractFileSystem, root: str, files: dict[str, dict], entry: Path) -> int:
+    """Copy into a staging folder and rename it into place, held (its descriptor, shared-locked before the
+    rename: no other process's `prune` can take it first); called with the entry's download lock held."""
     for leftover in entry.parent.glob(glob.escape(f".{entry.name}.") + "*"):  # killed downloads (no other
         shutil.rmtree(leftover, ignore_errors=True)                          # process stages without the lock)
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
@@ -159,7 +166,14 @@ def _download(fs: fsspec.AbstractFileSystem, root: str, files: dict[str, dict], 
         (staging / COMPLETE).write_text("")
         if entry.exists():  # an incomplete entry left by a killed process (no COMPLETE marker)
             shutil.rmtree(entry)
-        os.rename(staging, entry)
+        folder = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(folder, fcntl.LOCK_SH)
+        try:
+            os.rename(staging, entry)
+        except BaseException:
+            os.close(folder)
+            raise
+        return folder
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -176,16 +190,16 @@ def _lock(entry: Path) -> int:
         return os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
 
 
-def cache_limit() -> int:
-    """Bytes the cache may hold: `$BERTBATCH_MODEL_CACHE_GB` GiB (default 20)."""
+def cache_limit() -> float:
+    """Bytes the cache may hold: `$BERTBATCH_MODEL_CACHE_GB` GiB (default 20; `inf`: no limit)."""
     value = os.environ.get(CACHE_GB_ENV) or str(DEFAULT_CACHE_GB)
     try:
         limit = float(value)
     except ValueError:
         limit = -1.0
-    if not limit >= 0:
-        raise ValueError(f"{CACHE_GB_ENV} must be a number of GiB (e.g. 20 or 0.5), got {value!r}")
-    return int(limit * 2**30)
+    if not limit >= 0:   # NaN too
+        raise ValueError(f"{CACHE_GB_ENV} must be a number of GiB (e.g. 20, 0.5 or inf), got {value!r}")
+    return limit * 2**30
 
 
 def prune(keep: Path) -> None:
@@ -198,18 +212,18 @@ def prune(keep: Path) -> None:
             with contextlib.suppress(OSError), open(_lock(entry)) as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)   # not while a download of it stages there
                 shutil.rmtree(leftover, ignore_errors=True)
-    entries = {}                                   # entry -> (last use, bytes)
+    entries = {}                                   # entry -> (last use, bytes, owner)
     for entry in root.iterdir():
         with contextlib.suppress(OSError):        # e.g. removed meanwhile by another node-local run's pruning
             if not entry.name.startswith(".") and entry.is_dir():
                 entries[entry] = ((entry / COMPLETE).stat().st_mtime,
-                                  sum(f.stat().st_size for f in entry.rglob("*") if f.is_file()))
-    total = sum(size for _, size in entries.values())
-    for entry, (_, size) in sorted(entries.items(), key=lambda item: item[1][0]):
+                                  sum(f.stat().st_size for f in entry.rglob("*") if f.is_file()), entry.stat().st_uid)
+    total = sum(size for _, size, _ in entries.values())
+    for entry, (_, size, owner) in sorted(entries.items(), key=lambda item: item[1][0]):
         if total <= limit:
             break
-        if entry != keep and _remove_unused(entry):
-            total -= size
+        if entry != keep and owner == os.geteuid() and _remove_unused(entry):
+            total -= size   # (another user's copies in a shared cache are theirs to remove)
 
 
 def _remove_unused(entry: Path) -> bool:
@@ -222,9 +236,10 @@ def _remove_unused(entry: Path) -> bool:
         fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
         trash = entry.with_name(f".{entry.name}.pruned")
         os.rename(entry, trash)   # gone for readers at once; a removal cut short is a leftover
-        shutil.rmtree(trash)
-        return True
-    except OSError:   # held (BlockingIOError), removed meanwhile, or another user's entry in a shared cache
+    except OSError:   # held (BlockingIOError), removed meanwhile, or not ours to rename
         return False
+    else:
+        shutil.rmtree(trash, ignore_errors=True)   # another pruner may be sweeping it as a leftover
+        return True
     finally:
         os.close(folder)

@@ -20,11 +20,13 @@ DEFAULT_POOLING = ("mean",)   # the portable default: BERT's [CLS] is a poor sum
 
 
 @dataclasses.dataclass(frozen=True)
-class Prompts:
-    """config_sentence_transformers.json's prompts (name -> text put before every text), the one `encode`
-    uses by default, and whether pooling takes the prompt's tokens in (Pooling's `include_prompt`)."""
+class EncodeSettings:
+    """What sentence-transformers' `encode` applies from config_sentence_transformers.json: its prompts (name ->
+    text put before every text), the one used by default, `truncate_dim`; and whether pooling takes the
+    prompt's tokens in (the Pooling config's `include_prompt`)."""
     prompts: dict[str, str] = dataclasses.field(default_factory=dict)
     default_name: str | None = None
+    truncate_dim: int | None = None
     include_prompt: bool = True
 
 
@@ -67,8 +69,8 @@ def _pooling_modes(path: Path) -> tuple[str, ...]:
     return modes
 
 
-def prompts(folder: Path) -> Prompts:
-    """The folder's prompts, default prompt name and include_prompt (none, if it has no such files)."""
+def encode_settings(folder: Path) -> EncodeSettings:
+    """The folder's EncodeSettings (none, if it has no such files)."""
     path = folder / "config_sentence_transformers.json"
     config = _read(path) if path.is_file() else {}
     include = True
@@ -77,12 +79,27 @@ def prompts(folder: Path) -> Prompts:
         pooling = folder / module.get("path", "") / "config.json"
         if module.get("type", "").endswith(".Pooling") and pooling.is_file():
             include = bool(_read(pooling).get("include_prompt", True))
-    found = Prompts({str(k): str(v) for k, v in (config.get("prompts") or {}).items()},
-                    config.get("default_prompt_name"), include)
+    prompts = {str(k): "" if v is None else str(v) for k, v in (config.get("prompts") or {}).items()}
+    truncate_dim = config.get("truncate_dim")
+    found = EncodeSettings(prompts, config.get("default_prompt_name"),
+                           int(truncate_dim) if truncate_dim is not None else None, include)
     if found.default_name is not None and found.default_name not in found.prompts:
         raise ValueError(f"{path}: default_prompt_name {found.default_name!r} is not one of its prompts "
                          f"({', '.join(found.prompts) or 'none'})")
     return found
+
+
+def encode_settings_identity(folder: Path) -> bytes:
+    """What of config_sentence_transformers.json can change an embedding, for the model's settings fingerprint;
+    empty when it sets nothing of it (the file itself also holds versions: hashing it whole would refuse
+    resumes of outputs made before prompts were read)."""
+    try:
+        found = encode_settings(folder)
+    except (ValueError, TypeError, AttributeError, OSError):
+        return b""   # the embed task refuses such a folder; other tasks do not read it
+    identity = {"prompts": {k: v for k, v in found.prompts.items() if v}, "default": found.default_name,
+                "truncate_dim": found.truncate_dim}
+    return json.dumps(identity, sort_keys=True).encode() if any(identity.values()) else b""
 
 
 def _bert_config(folder: Path) -> dict:

@@ -56,6 +56,10 @@ def parse_config(config_cls: type[BaseModel], argv: list[str], prog: str, descri
     config_file = args.pop("config", None)
     if config_file:
         values.update(_read_yaml(config_file, config_cls))
+    for alternatives in getattr(config_cls, "ALTERNATIVES", ()):   # flags win: one given replaces the YAML's other
+        if args.keys() & set(alternatives):
+            for name in alternatives:
+                values.pop(name, None)
     values.update(args)
     try:
         return config_cls(**values)

@@ -7,7 +7,7 @@ own options in a subclass. Field descriptions are the `--help` texts.
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, field_validator, model_validator
 
@@ -139,6 +139,7 @@ class ClassifyConfig(JobConfig):
 
 
 class QaConfig(JobConfig):
+    ALTERNATIVES: ClassVar = (("question", "question_column"),)   # a flag replaces the YAML's other (cli.py)
     max_length: int | None = Field(
         None, ge=8, description="tokens per window, question and special tokens included (default: the model's "
                                 "maximum, at most 384, as the HF question-answering pipeline)")
@@ -185,6 +186,10 @@ class EmbedConfig(JobConfig):
     prompt: str | None = Field(
         None, description="put this text before every text, as encode(prompt=...); '' for none (with --long-text "
                           "mean a prompt is in each document's first window only)")
+    truncate_dim: int | None = Field(
+        None, ge=1, description="keep the first N values of each embedding (Matryoshka models), as "
+                                "encode(truncate_dim=N) (default: the model's truncate_dim, else all)")
+    ALTERNATIVES: ClassVar = (("prompt", "prompt_name"),)
 
     @model_validator(mode="after")
     def _one_prompt(self):

@@ -7,6 +7,7 @@ truncates; the truncation stored inside `tokenizer.json` (128 there) is never us
 `do_lower_case` puts a Lowercase normalizer first in the tokenizer, as sentence-transformers (5) does.
 A prompt (`--prompt-name`, `--prompt`, else the model's `default_prompt_name`) goes before every text,
 as `encode` puts it; a Pooling with `include_prompt: false` leaves its tokens out of the pooling.
+`--truncate-dim` (else the model's `truncate_dim`) keeps the first values of each embedding, as `encode`.
 `--long-text truncate` embeds the first window only (only that window is sent to the model);
 `mean` embeds every window and takes their token-weighted mean (`embed_decode.combine_windows`).
 """
@@ -106,24 +107,34 @@ def _feed(config, model: ModelInfo) -> Feed:
         config = config.model_copy(update={"max_length": min(length, model.max_tokens)})
     max_length = resolve_max_length(config, model)
     stage = FirstWindowTokenize if config.long_text == "truncate" else Tokenize
-    prompt, prompt_tokens = _prompt(config, model, lowercase)
+    prompt, prompt_tokens = _prompt(config, model, lowercase, max_length)
     tokenize = TokenizeConfig(model.folder, config.text_column, None, max_length, config.stride,
                               lowercase=lowercase, prefix=prompt)
     _, normalize = model_pooling(config, model.local)
-    options = (("pooling", config.pooling), ("normalize", normalize), ("prompt_tokens", prompt_tokens))
+    options = (("pooling", config.pooling), ("normalize", normalize), ("prompt_tokens", prompt_tokens),
+               ("truncate_dim", _truncate_dim(config, model)))
     return Feed(StageSpec(stage, tokenize), max_length, model_options=options)
 
 
-def _prompt(config, model: ModelInfo, lowercase: bool) -> tuple[str, int]:
+def _settings(config, model: ModelInfo):
+    from models.sentence_transformers import encode_settings
+
+    try:
+        return encode_settings(Path(model.local))
+    except (ValueError, TypeError, AttributeError, OSError) as error:
+        raise UsageError(f"--model {config.model!r}: {error}") from None
+
+
+def _truncate_dim(config, model: ModelInfo) -> int | None:
+    return config.truncate_dim or _settings(config, model).truncate_dim
+
+
+def _prompt(config, model: ModelInfo, lowercase: bool, max_length: int) -> tuple[str, int]:
     """(the text put before every text, how many first tokens the pooling leaves out: 0 unless the model's
     Pooling says include_prompt=false, then the [CLS] and the prompt's tokens, as sentence-transformers)."""
     from models import load_tokenizer
-    from models.sentence_transformers import prompts
 
-    try:
-        found = prompts(Path(model.local))
-    except (ValueError, TypeError, AttributeError, OSError) as error:
-        raise UsageError(f"--model {config.model!r}: {error}") from None
+    found = _settings(config, model)
     name = config.prompt_name if config.prompt is None else None
     if name is not None and name not in found.prompts:
         raise UsageError(f"--prompt-name {name!r}: the model's prompts are {', '.join(map(repr, found.prompts)) or 'none'}"
@@ -135,7 +146,7 @@ def _prompt(config, model: ModelInfo, lowercase: bool) -> tuple[str, int]:
         raise UsageError("--long-text mean with a prompt: the model's pooling leaves the prompt's tokens out "
                          "(include_prompt: false), which only the first window has; use --long-text truncate")
     tokenizer = load_tokenizer(Path(model.local), lowercase=lowercase)
-    window = tokenizer.encode_windows([prompt], max_length=1 << 20)[0][0]
+    window = tokenizer.encode_windows([prompt], max_length=max_length)[0][0]   # cut as the texts are
     special_last = window.sequence_ids[-1] < 0   # a trailing [SEP] / </s> is not the prompt's
     return prompt, len(window) - int(special_last)
 
@@ -144,7 +155,8 @@ def _dim(config, model: ModelInfo) -> int:
     from models.checkpoint import read_config
 
     modes, _ = model_pooling(config, model.local)
-    return read_config(Path(model.local))[1].hidden_size * len(modes)
+    width = read_config(Path(model.local))[1].hidden_size * len(modes)
+    return min(width, _truncate_dim(config, model) or width)
 
 
 def _decode_spec(config, model: ModelInfo) -> StageSpec:

@@ -81,7 +81,8 @@ def strict_float32() -> None:
     """float32 on CUDA computes in float32: cuDNN runs convolutions (ConvBERT's) in TF32 by default."""
     import torch
 
-    torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "ieee"
+    # the flags torch has long had (the newer `fp32_precision` ones make reading these fail when mixed)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def auto_dtype(device: str) -> str:
@@ -265,7 +266,11 @@ class Infer(Stage):
             self._set_threads()
             try:
                 launched = (members, *self._to_host(self._launch(ids, type_ids, lengths, members)))
-            except torch.OutOfMemoryError:
+            except (torch.OutOfMemoryError, RuntimeError) as error:
+                if not _out_of_memory(error):
+                    raise
+                launched = None   # handled below, once the failed forward's tensors are freed with the error
+            if launched is None:
                 self._shrink(len(members), int(lengths[members[0]]))
                 pending = self._micro_batches(np.concatenate([members, *pending]), lengths)
                 continue
@@ -334,6 +339,14 @@ class Infer(Stage):
         if self.device == "cpu":
             return tensor
         return tensor.pin_memory().to(self.device, non_blocking=True)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """The device ran out of memory: torch's allocator, or a cuBLAS / cuDNN workspace it could not get."""
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or any(
+        sign in str(error) for sign in ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "out of memory"))
 
 
 def release_free_memory() -> None:

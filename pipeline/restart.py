@@ -33,9 +33,16 @@ class Start:
     progress: ledger.Progress
 
 
+# Result options added after outputs existed: left out while unset, so those outputs keep their identity
+# (a multi-task job hashes its tasks' options).
+ADDED_LATER = frozenset({"prompt", "prompt_name", "truncate_dim"})
+
+
 def result_options(config) -> dict:
     """The options that may change a result row (JSON-ready): what a restart must find unchanged."""
-    return json.loads(json.dumps({k: v for k, v in config.model_dump().items() if k not in LAYOUT_ONLY}, default=str))
+    options = {k: v for k, v in config.model_dump().items()
+               if k not in LAYOUT_ONLY and not (k in ADDED_LATER and v is None)}
+    return json.loads(json.dumps(options, default=str))
 
 
 def job_identity(task: str, config, model, files, dtypes: tuple[str, ...]) -> dict:

@@ -209,3 +209,29 @@ def test_a_mistyped_cache_size_is_refused_before_the_download(store, monkeypatch
     with pytest.raises(ValueError, match=f"{remote.CACHE_GB_ENV} must be a number of GiB"):
         local_model_folder(f"s3://{BUCKET}/limit/m")
     assert not [p for p in remote.cache_root().glob("*") if p.is_dir()]
+
+
+def test_a_copy_is_held_before_it_is_in_place(store, monkeypatch) -> None:
+    """Another process pruning between the rename and the hold took the fresh copy away (then it was
+    copied again, and two runs on a tight cache could take turns); `inf` keeps everything."""
+    monkeypatch.setenv(remote.CACHE_GB_ENV, "0")
+    for name in ("fresh", "other"):
+        store.pipe_file(f"{BUCKET}/hold/{name}/model.safetensors", b"w" * 4096)
+    other = resolve(f"s3://{BUCKET}/hold/other")
+    prune, downloads = remote.prune, []
+    real_download = remote._download
+
+    def pruned_by_another_process_first(keep):   # the moment the lock is free again, before our own pruning
+        code = "import sys; from pathlib import Path; from models import remote; remote.prune(Path(sys.argv[1]))"
+        subprocess.run([sys.executable, "-c", code, str(other)], cwd=REPO, check=True, timeout=120)
+        prune(keep)
+
+    monkeypatch.setattr(remote, "prune", pruned_by_another_process_first)
+    monkeypatch.setattr(remote, "_download", lambda *args: downloads.append(1) or real_download(*args))
+    entry = local_model_folder(f"s3://{BUCKET}/hold/fresh")
+    assert (entry / remote.COMPLETE).is_file() and len(downloads) == 1
+    assert not other.exists()   # unheld: our own pruning to 0 bytes took it
+
+    monkeypatch.setenv(remote.CACHE_GB_ENV, "inf")
+    monkeypatch.setattr(remote, "prune", prune)
+    assert resolve(f"s3://{BUCKET}/hold/other") == other and entry.is_dir()   # no limit: both stay

@@ -407,12 +407,15 @@ def test_a_micro_batch_out_of_device_memory_is_split_and_the_budget_halved(ner_s
 
 
 def test_max_pooling_runs_in_half_precision():
-    """-1e9 for the padding overflows float16 (RuntimeError); the dtype's lowest value does not."""
+    """-1e9 for the padding overflowed float16 (RuntimeError), and so did weightedmean's weights (zeros)."""
     from models.heads import Pooling
 
-    hidden = torch.randn(3, 5, 8)
-    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
-    full = Pooling(("max", "mean"), False)(hidden, mask)
+    hidden = torch.randn(3, 512, 8)
+    mask = torch.zeros(3, 512, dtype=torch.long)
+    for row, length in enumerate((3, 512, 1)):
+        mask[row, :length] = 1
+    modes = ("max", "weightedmean", "mean")   # position weights of 512 tokens sum past float16's 65504
+    full = Pooling(modes, False)(hidden, mask)
     for dtype in (torch.float16, torch.bfloat16):
-        half = Pooling(("max", "mean"), False)(hidden.to(dtype), mask.to(dtype))
+        half = Pooling(modes, False)(hidden.to(dtype), mask.to(dtype))
         torch.testing.assert_close(half.float(), full, atol=2e-2, rtol=1e-2)

@@ -330,8 +330,13 @@ PROMPTS = {"prompts": {"query": "Query: ", "passage": "PASSAGE: "}, "default_pro
     ({"pooling_mode": "max"}, PROMPTS, {"prompt_name": "passage"}, {"prompt_name": "passage"}),
     ({"pooling_mode": "mean"}, PROMPTS, {"prompt": ""}, {"prompt": ""}),
     ({"pooling_mode": ["mean", "cls"], "include_prompt": False}, PROMPTS, {}, {}),   # prompt left out of pooling
+    ({"pooling_mode": "mean", "include_prompt": False}, {"prompts": {"long": "a b c d " * 20},
+                                                         "default_prompt_name": "long"}, {}, {}),  # prompt > window
+    ({"pooling_mode": "mean"}, {"prompts": {"query": None}, "default_prompt_name": "query"}, {}, {}),
+    ({"pooling_mode": "cls"}, {"truncate_dim": 16}, {}, {}),                           # Matryoshka
+    ({"pooling_mode": "cls"}, {"truncate_dim": 16}, {"truncate_dim": 8}, {"truncate_dim": 8}),
 ], ids=["legacy-cls", "legacy-none", "v5-order", "weighted-last", "default-prompt", "prompt-name", "no-prompt",
-        "exclude-prompt"])
+        "exclude-prompt", "exclude-long-prompt", "null-prompt", "truncate-dim", "truncate-dim-flag"])
 def test_embed_reads_sentence_transformers_folders_as_it_does(pooling, settings, flags, encode, tmp_path):
     """Pooling configs of every sentence-transformers version, prompts, and do_lower_case (a Lowercase
     normalizer: Greek final sigma, special tokens written in the text) as `encode` applies them."""
@@ -355,7 +360,29 @@ def test_embed_reads_sentence_transformers_folders_as_it_does(pooling, settings,
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_embed_settings_count_in_the_identity_only_when_set(tmp_path):
+    """Outputs made before prompts and truncate_dim were read keep their identity: unset, these options and
+    the model's config_sentence_transformers.json (it holds versions too) leave it as it was."""
+    from models.checkpoint import settings_fingerprint
+    from pipeline.restart import result_options
+
+    base = dict(model=MINILM, input="a/", output="b/")
+    assert not {"prompt", "prompt_name", "truncate_dim"} & result_options(EmbedConfig(**base)).keys()
+    assert result_options(EmbedConfig(**base, prompt="q: "))["prompt"] == "q: "
+    folder, _ = make_checkpoint(tmp_path / "model", "bert", "base")
+    write_sentence_transformers_files(folder, "mean", False)
+    settings = folder / "config_sentence_transformers.json"
+    before = settings_fingerprint(folder)
+    settings.write_text(json.dumps({"__version__": {"sentence_transformers": "5.7.0"}, "prompts": {"query": ""}}))
+    assert settings_fingerprint(folder) == before
+    settings.write_text(json.dumps(PROMPTS))
+    with_prompts = settings_fingerprint(folder)
+    settings.write_text(json.dumps({**PROMPTS, "default_prompt_name": "passage"}))
+    assert len({before, with_prompts, settings_fingerprint(folder)}) == 3
+
+
 def test_embed_prompt_flags_are_checked(tmp_path):
+    from pipeline.cli import parse_config
     from pipeline.job import inspect_model
 
     folder, _ = make_checkpoint(tmp_path / "model", "bert", "base")
@@ -369,3 +396,11 @@ def test_embed_prompt_flags_are_checked(tmp_path):
         EMBED_TASK.feed(EmbedConfig(**base, long_text="mean"), inspect_model(str(folder)))
     with pytest.raises(ValueError, match="at most one of --prompt TEXT and --prompt-name NAME"):
         EmbedConfig(**base, prompt="q: ", prompt_name="query")
+    # a flag replaces the YAML's alternative to it: flags win
+    flags = ["--input", "a/", "--output", "b/", "--model", str(folder), "--config", str(tmp_path / "job.yaml")]
+    (tmp_path / "job.yaml").write_text("prompt_name: query\n")
+    parsed = parse_config(EmbedConfig, [*flags, "--prompt", "p: "], "embed_corpus.py", "")
+    assert (parsed.prompt, parsed.prompt_name) == ("p: ", None)
+    (tmp_path / "job.yaml").write_text("question: Who?\n")
+    parsed = parse_config(QaConfig, [*flags, "--question-column", "q"], "qa_corpus.py", "")
+    assert (parsed.question, parsed.question_column) == (None, "q")
