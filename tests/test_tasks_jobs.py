@@ -128,7 +128,7 @@ def test_multi_task_job_equals_the_single_task_jobs(runs):
     ("qa_corpus.py", ["--question", "--question-column", "--doc-stride", "--max-answer-len", "--max-question-len",
                       "--handle-impossible-answer", "--top-k"]),
     ("embed_corpus.py", ["--pooling", "--normalize", "--no-normalize", "--long-text", "--embedding-dtype",
-                          "--prompt-name", "--prompt"]),
+                          "--prompt-name", "--prompt", "--truncate-dim"]),
     ("multi_corpus.py", ["--config", "--input", "--output", "--overwrite"]),
 ])
 def test_help_lists_the_task_flags(job, flags):
