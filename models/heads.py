@@ -81,15 +81,17 @@ POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len", "weightedmean", "lasttok
 
 class Pooling(nn.Module):
     """Embeddings as sentence-transformers computes them (in float32): modes concatenated in the given order,
-    then L2, then the first `truncate_dim` values when set. `skip` first tokens (the [CLS] and a prompt's
+    its Dense layers, L2, then the first `truncate_dim` values when set. `skip` first tokens (the [CLS] and a prompt's
     tokens: its `include_prompt=False`) are left out of every mode."""
 
-    def __init__(self, modes: tuple[str, ...], normalize: bool, skip: int = 0, truncate_dim: int | None = None):
+    def __init__(self, modes: tuple[str, ...], normalize: bool, skip: int = 0, truncate_dim: int | None = None,
+                 dense: tuple[tuple[int, int, bool, str], ...] = ()):
         super().__init__()
         unknown = [m for m in modes if m not in POOLING_MODES]
         if unknown or not modes:
             raise ValueError(f"pooling {list(modes)!r}: expected one or more of {', '.join(POOLING_MODES)}")
         self.modes, self.normalize, self.skip, self.truncate_dim = tuple(modes), normalize, skip, truncate_dim
+        self.dense = nn.ModuleList(Dense(*layer) for layer in dense)   # (in, out, bias, activation) each
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         hidden = hidden.float()   # in float32: float16 sums of position weights overflow past ≈ 360 tokens
@@ -115,5 +117,22 @@ class Pooling(nn.Module):
                 total = (hidden * keep).sum(1)
                 pooled.append(total / (count if mode == "mean" else count.sqrt()))
         out = torch.cat(pooled, dim=-1)
+        for layer in self.dense:
+            out = layer(out)
         out = F.normalize(out, p=2, dim=1) if self.normalize else out
         return out[:, : self.truncate_dim] if self.truncate_dim else out
+
+
+class Dense(nn.Module):
+    """A sentence-transformers Dense module: activation(linear(x)), in float32 whatever the model's dtype."""
+
+    ACTIVATIONS = {"tanh": torch.tanh, "identity": lambda x: x, "relu": F.relu, "gelu": F.gelu, "sigmoid": torch.sigmoid}
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, activation: str):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.activation = self.ACTIVATIONS[activation]
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = self.linear.bias.float() if self.linear.bias is not None else None
+        return self.activation(F.linear(x, self.linear.weight.float(), bias))

@@ -22,7 +22,7 @@ from models.encoder import Encoder
 from models.heads import NoHead, Pooling, SpanPredictor, TokenClassifier
 from models.layers import Int8Linear
 from models.registry import Family
-from models.sentence_transformers import pooling_from_folder
+from models.sentence_transformers import dense_weights, modules_from_folder
 
 TASKS = ("base", "ner", "classify", "qa", "embed")
 _LEGACY = ((re.compile(r"LayerNorm\.gamma$"), "LayerNorm.weight"), (re.compile(r"LayerNorm\.beta$"), "LayerNorm.bias"))
@@ -62,9 +62,16 @@ def build_head(family: Family, config: EncoderConfig, task: str, folder: Path,
                pooling: str | None, normalize: bool | None, prompt_tokens: int = 0,
                truncate_dim: int | None = None) -> nn.Module:
     if task == "embed":
-        modes, norm = pooling_from_folder(folder)
-        return Pooling((pooling,) if pooling else modes, norm if normalize is None else normalize, prompt_tokens,
-                       truncate_dim)
+        modes, dense, norm = modules_from_folder(folder)
+        modes = (pooling,) if pooling else modes
+        width = config.hidden_size * len(modes)
+        for layer in dense:
+            if layer.in_features != width:
+                raise CheckpointError(f"{layer.folder}: its Dense layer takes {layer.in_features} values, the pooling "
+                                      f"({', '.join(modes)}) gives {width}")
+            width = layer.out_features
+        return Pooling(modes, norm if normalize is None else normalize, prompt_tokens, truncate_dim,
+                       tuple((d.in_features, d.out_features, d.bias, d.activation) for d in dense))
     heads = {"base": NoHead, "ner": TokenClassifier, "classify": getattr(head_modules, family.classifier),
              "qa": SpanPredictor}
     if task not in heads:
@@ -91,6 +98,11 @@ def load_model(folder: str | Path, task: str, dtype: torch.dtype = torch.float32
     for name in [k for k in state if k not in expected]:
         if name in optional or (task in ("base", "embed") and name.startswith("head.")):
             del state[name]   # MLM heads, unused poolers, buffers; any task head when embedding
+    if task == "embed":   # a sentence-transformers Dense layer keeps its weights in its own folder
+        for i, layer in enumerate(modules_from_folder(folder)[1]):
+            for name, tensor in read_weights([dense_weights(layer)]).items():
+                state[f"head.dense.{i}.{name}"] = tensor
+                origin[f"head.dense.{i}.{name}"] = f"{layer.folder.name}/{name}"
     if family.fill_missing:
         family.fill_missing(state, config)
     check_state(model, state, names, origin, task, config)

@@ -1,8 +1,10 @@
-"""Reading a sentence-transformers folder: modules.json, its Pooling config and Normalize module."""
+"""Reading a sentence-transformers folder: modules.json, its Pooling, Dense and Normalize modules, and what
+`encode` applies from config_sentence_transformers.json."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -34,26 +36,74 @@ def _read(path: Path) -> dict | list:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+@dataclasses.dataclass(frozen=True)
+class DenseLayer:
+    """A sentence-transformers Dense module after the pooling: activation(linear(embedding))."""
+    folder: Path
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: str   # a name of DENSE_ACTIVATIONS' values
+
+
+DENSE_ACTIVATIONS = {"torch.nn.modules.activation.Tanh": "tanh", "torch.nn.modules.linear.Identity": "identity",
+                     "torch.nn.modules.activation.ReLU": "relu", "torch.nn.modules.activation.GELU": "gelu",
+                     "torch.nn.modules.activation.Sigmoid": "sigmoid"}
+
+
 def pooling_from_folder(folder: Path) -> tuple[tuple[str, ...], bool]:
     """(pooling modes, normalize) as the folder's sentence-transformers modules say; mean, no L2 otherwise."""
+    modes, _, normalize = modules_from_folder(folder)
+    return modes, normalize
+
+
+def modules_from_folder(folder: Path) -> tuple[tuple[str, ...], tuple[DenseLayer, ...], bool]:
+    """(pooling modes, Dense layers after it, normalize): the modules sentence-transformers runs after the
+    transformer, in its order (Transformer, Pooling, Dense..., Normalize); mean, none, no L2 without them."""
     modules_path = folder / "modules.json"
     if not modules_path.is_file():
-        return DEFAULT_POOLING, False
-    modes, normalize = DEFAULT_POOLING, False
+        return DEFAULT_POOLING, (), False
+    modes, dense, normalize = DEFAULT_POOLING, [], False
     for module in _read(modules_path):
         kind = module.get("type", "").rsplit(".", 1)[-1]
         path = folder / module.get("path", "")
+        if normalize and kind != "Normalize":
+            raise ValueError(f"{modules_path}: a {kind} module after Normalize is not supported")
         if kind == "Transformer":
             if module.get("path", "") not in ("", "."):
                 raise ValueError(f"{modules_path}: the transformer lives in {path}; point --model there")
         elif kind == "Pooling":
             modes = _pooling_modes(path / "config.json")
+        elif kind == "Dense":
+            dense.append(_dense(path))
         elif kind == "Normalize":
             normalize = True
         else:
             raise ValueError(f"{modules_path}: module type {module.get('type')!r} is not supported "
-                             "(supported: Transformer, Pooling, Normalize)")
-    return modes, normalize
+                             "(supported: Transformer, Pooling, Dense, Normalize)")
+    return modes, tuple(dense), normalize
+
+
+def _dense(folder: Path) -> DenseLayer:
+    path = folder / "config.json"
+    config = _read(path)
+    activation = config.get("activation_function", "torch.nn.modules.activation.Tanh")
+    if activation not in DENSE_ACTIVATIONS:
+        raise ValueError(f"{path}: activation_function {activation!r} is not supported "
+                         f"(supported: {', '.join(DENSE_ACTIVATIONS)})")
+    for key in ("module_input_name", "module_output_name"):
+        if config.get(key, "sentence_embedding") != "sentence_embedding":
+            raise ValueError(f"{path}: {key} {config[key]!r}: only a Dense layer on the sentence embedding is supported")
+    return DenseLayer(folder, int(config["in_features"]), int(config["out_features"]), bool(config.get("bias", True)),
+                      DENSE_ACTIVATIONS[activation])
+
+
+def dense_weights(layer: DenseLayer) -> Path:
+    """The Dense layer's weight file (`linear.weight`, `linear.bias`)."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (layer.folder / name).is_file():
+            return layer.folder / name
+    raise FileNotFoundError(f"{layer.folder}: no model.safetensors or pytorch_model.bin for its Dense layer")
 
 
 def _pooling_modes(path: Path) -> tuple[str, ...]:
@@ -98,8 +148,18 @@ def encode_settings_identity(folder: Path) -> bytes:
     except (ValueError, TypeError, AttributeError, OSError):
         return b""   # the embed task refuses such a folder; other tasks do not read it
     identity = {"prompts": {k: v for k, v in found.prompts.items() if v}, "default": found.default_name,
-                "truncate_dim": found.truncate_dim}
+                "truncate_dim": found.truncate_dim, "dense": _dense_identity(folder)}
     return json.dumps(identity, sort_keys=True).encode() if any(identity.values()) else b""
+
+
+def _dense_identity(folder: Path) -> list[str]:
+    """sha256 of each Dense layer's config and weights (they change the embeddings)."""
+    try:
+        layers = modules_from_folder(folder)[1]
+        files = [f for layer in layers for f in (layer.folder / "config.json", dense_weights(layer))]
+    except (ValueError, TypeError, KeyError, AttributeError, OSError):
+        return []
+    return [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
 
 
 def _bert_config(folder: Path) -> dict:

@@ -1,6 +1,6 @@
 """Embeddings as a pipeline task: each document's window embeddings -> one `embedding` vector.
 
-Pooling and normalisation come from the model's sentence-transformers modules (`--pooling`,
+Pooling, Dense layers and normalisation come from the model's sentence-transformers modules (`--pooling`,
 `--normalize/--no-normalize` override them). The default `--max-length` is the folder's
 `sentence_bert_config.json` `max_seq_length` (256 for all-MiniLM-L6-v2), as sentence-transformers
 truncates; the truncation stored inside `tokenizer.json` (128 there) is never used. Its
@@ -153,9 +153,15 @@ def _prompt(config, model: ModelInfo, lowercase: bool, max_length: int) -> tuple
 
 def _dim(config, model: ModelInfo) -> int:
     from models.checkpoint import read_config
+    from models.sentence_transformers import modules_from_folder
 
     modes, _ = model_pooling(config, model.local)
+    dense = modules_from_folder(Path(model.local))[1]   # read (and checked) by model_pooling already
     width = read_config(Path(model.local))[1].hidden_size * len(modes)
+    if dense and dense[0].in_features != width:
+        raise UsageError(f"--model {config.model!r}: its Dense layer takes {dense[0].in_features} values, the "
+                         f"pooling ({', '.join(modes)}) gives {width}" + (" (--pooling)" if config.pooling else ""))
+    width = dense[-1].out_features if dense else width
     return min(width, _truncate_dim(config, model) or width)
 
 

@@ -404,3 +404,40 @@ def test_embed_prompt_flags_are_checked(tmp_path):
     (tmp_path / "job.yaml").write_text("question: Who?\n")
     parsed = parse_config(QaConfig, [*flags, "--question-column", "q"], "qa_corpus.py", "")
     assert (parsed.question, parsed.question_column) == (None, "q")
+
+
+@pytest.mark.parametrize("activation", ["Tanh", "Identity"])
+def test_embed_runs_dense_layers_as_sentence_transformers(activation, tmp_path):
+    """A Dense module after the pooling (e.g. distiluse-base-multilingual-cased: 768 -> 512, tanh), saved by
+    sentence-transformers itself, weights in its own folder; --pooling that does not fit it is refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import models as st_models
+
+    base, _ = make_checkpoint(tmp_path / "base", "bert", "base")
+    act = getattr(torch.nn, activation)()
+    modules = [st_models.Transformer(str(base), max_seq_length=24), st_models.Pooling(32, pooling_mode="mean"),
+               st_models.Dense(32, 16, activation_function=act), st_models.Dense(16, 8, bias=False), st_models.Normalize()]
+    torch.manual_seed(0)
+    saved = SentenceTransformer(modules=modules, device="cpu")
+    saved.save(str(tmp_path / "st"))
+    (tmp_path / "corpus").mkdir()
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(len(ST_TEXTS))], "text": ST_TEXTS}),
+                   tmp_path / "corpus" / "part-0.parquet")
+    common_flags = dict(model=str(tmp_path / "st"), input=str(tmp_path / "corpus"), output=str(tmp_path / "out"))
+    ours = annotate(EmbedConfig(**common_flags), EMBED_TASK)
+    expected = SentenceTransformer(str(tmp_path / "st"), device="cpu").encode(ST_TEXTS)
+    assert expected.shape == (len(ST_TEXTS), 8)
+    np.testing.assert_allclose(np.array([ours[f"d{i}"]["embedding"] for i in range(len(ST_TEXTS))], np.float32),
+                               expected, atol=1e-5)
+    from models.checkpoint import settings_fingerprint   # the Dense weights count in the model's identity
+
+    before = settings_fingerprint(tmp_path / "st")
+    weights = next((tmp_path / "st" / "2_Dense").glob("model.*"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    assert settings_fingerprint(tmp_path / "st") != before
+    pooling = tmp_path / "st" / "1_Pooling" / "config.json"
+    pooling.write_text(json.dumps({"embedding_dimension": 32, "pooling_mode": ["mean", "cls"]}))
+    with pytest.raises(UsageError, match=r"its Dense layer takes 32 values, the pooling \(mean, cls\) gives 64"):
+        annotate(EmbedConfig(**common_flags), EMBED_TASK)
