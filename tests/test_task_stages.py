@@ -415,6 +415,8 @@ def test_embed_runs_dense_layers_as_sentence_transformers(activation, tmp_path):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers import models as st_models
 
+    from models.checkpoint import settings_fingerprint
+
     base, _ = make_checkpoint(tmp_path / "base", "bert", "base")
     act = getattr(torch.nn, activation)()
     modules = [st_models.Transformer(str(base), max_seq_length=24), st_models.Pooling(32, pooling_mode="mean"),
@@ -431,9 +433,7 @@ def test_embed_runs_dense_layers_as_sentence_transformers(activation, tmp_path):
     assert expected.shape == (len(ST_TEXTS), 8)
     np.testing.assert_allclose(np.array([ours[f"d{i}"]["embedding"] for i in range(len(ST_TEXTS))], np.float32),
                                expected, atol=1e-5)
-    from models.checkpoint import settings_fingerprint   # the Dense weights count in the model's identity
-
-    before = settings_fingerprint(tmp_path / "st")
+    before = settings_fingerprint(tmp_path / "st")   # the Dense weights count in the model's identity
     weights = next((tmp_path / "st" / "2_Dense").glob("model.*"))
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     assert settings_fingerprint(tmp_path / "st") != before
@@ -441,3 +441,19 @@ def test_embed_runs_dense_layers_as_sentence_transformers(activation, tmp_path):
     pooling.write_text(json.dumps({"embedding_dimension": 32, "pooling_mode": ["mean", "cls"]}))
     with pytest.raises(UsageError, match=r"its Dense layer takes 32 values, the pooling \(mean, cls\) gives 64"):
         annotate(EmbedConfig(**common_flags), EMBED_TASK)
+
+
+def test_embed_refuses_a_module_it_does_not_run(tmp_path):
+    from models.sentence_transformers import modules_from_folder
+
+    folder, _ = make_checkpoint(tmp_path / "model", "bert", "base")
+    write_sentence_transformers_files(folder, "mean", True)
+    modules = json.loads((folder / "modules.json").read_text())
+    (folder / "modules.json").write_text(json.dumps([*modules[:2], {"idx": 2, "name": "2", "path": "2_LayerNorm",
+                                                                  "type": "sentence_transformers.models.LayerNorm"}]))
+    with pytest.raises(ValueError, match="'sentence_transformers.models.LayerNorm' is not supported .*Dense"):
+        modules_from_folder(folder)
+    (folder / "modules.json").write_text(json.dumps([*modules, {"idx": 3, "name": "3", "path": "3_Dense",
+                                                               "type": "sentence_transformers.models.Dense"}]))
+    with pytest.raises(ValueError, match="a Dense module after Normalize is not supported"):
+        modules_from_folder(folder)
