@@ -82,13 +82,13 @@ def settings_fingerprint(folder: Path, names: tuple[str, ...] = SETTINGS_FILES) 
     """sha256 of the folder's files of these names (names and contents); by default SETTINGS_FILES: with
     the weights' fingerprint, what a restart compares (another label map or tokenizer beside the same
     weights gives other results)."""
-    from models.sentence_transformers import encode_settings_identity
+    from models.sentence_transformers import dense_identity
 
     digest = hashlib.sha256()
     for name in names:
         path = Path(folder) / name
         if path.is_file():
             digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-    if names == SETTINGS_FILES and (encode := encode_settings_identity(Path(folder))):
-        digest.update(b"encode\0" + encode + b"\0")   # prompts, truncate_dim: only when the model sets them
+    if names == SETTINGS_FILES and (dense := dense_identity(Path(folder))):
+        digest.update(b"dense\0" + dense + b"\0")   # a sentence-transformers Dense layer's files
     return digest.hexdigest()

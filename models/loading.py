@@ -64,12 +64,12 @@ def build_head(family: Family, config: EncoderConfig, task: str, folder: Path,
     if task == "embed":
         modes, dense, norm = modules_from_folder(folder)
         modes = (pooling,) if pooling else modes
-        width = config.hidden_size * len(modes)
+        width, source = config.hidden_size * len(modes), f"the pooling ({', '.join(modes)})"
         for layer in dense:
             if layer.in_features != width:
-                raise CheckpointError(f"{layer.folder}: its Dense layer takes {layer.in_features} values, the pooling "
-                                      f"({', '.join(modes)}) gives {width}")
-            width = layer.out_features
+                raise CheckpointError(f"{layer.folder}: its Dense layer takes {layer.in_features} values, {source} "
+                                      f"gives {width}")
+            width, source = layer.out_features, "the Dense layer before it"
         return Pooling(modes, norm if normalize is None else normalize, prompt_tokens, truncate_dim,
                        tuple((d.in_features, d.out_features, d.bias, d.activation) for d in dense))
     heads = {"base": NoHead, "ner": TokenClassifier, "classify": getattr(head_modules, family.classifier),

@@ -139,27 +139,15 @@ def encode_settings(folder: Path) -> EncodeSettings:
     return found
 
 
-def encode_settings_identity(folder: Path) -> bytes:
-    """What of config_sentence_transformers.json can change an embedding, for the model's settings fingerprint;
-    empty when it sets nothing of it (the file itself also holds versions: hashing it whole would refuse
-    resumes of outputs made before prompts were read)."""
-    try:
-        found = encode_settings(folder)
-    except (ValueError, TypeError, AttributeError, OSError):
-        return b""   # the embed task refuses such a folder; other tasks do not read it
-    identity = {"prompts": {k: v for k, v in found.prompts.items() if v}, "default": found.default_name,
-                "truncate_dim": found.truncate_dim, "dense": _dense_identity(folder)}
-    return json.dumps(identity, sort_keys=True).encode() if any(identity.values()) else b""
-
-
-def _dense_identity(folder: Path) -> list[str]:
-    """sha256 of each Dense layer's config and weights (they change the embeddings)."""
+def dense_identity(folder: Path) -> bytes:
+    """sha256 of each Dense layer's config and weights, for the model's settings fingerprint (they change
+    the embeddings; their weights are not among the model's weight files); empty without Dense layers."""
     try:
         layers = modules_from_folder(folder)[1]
         files = [f for layer in layers for f in (layer.folder / "config.json", dense_weights(layer))]
     except (ValueError, TypeError, KeyError, AttributeError, OSError):
-        return []
-    return [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+        return b""   # the embed task refuses such a folder; other tasks do not read it
+    return " ".join(hashlib.sha256(f.read_bytes()).hexdigest() for f in files).encode()
 
 
 def _bert_config(folder: Path) -> dict:

@@ -111,9 +111,15 @@ def _feed(config, model: ModelInfo) -> Feed:
     tokenize = TokenizeConfig(model.folder, config.text_column, None, max_length, config.stride,
                               lowercase=lowercase, prefix=prompt)
     _, normalize = model_pooling(config, model.local)
+    truncate_dim = _truncate_dim(config, model)
     options = (("pooling", config.pooling), ("normalize", normalize), ("prompt_tokens", prompt_tokens),
-               ("truncate_dim", _truncate_dim(config, model)))
-    return Feed(StageSpec(stage, tokenize), max_length, model_options=options)
+               ("truncate_dim", truncate_dim))
+    identity = []   # what came from config_sentence_transformers.json (the flags are in the options already)
+    if prompt and config.prompt is None:
+        identity.append(("prompt", prompt))
+    if truncate_dim and not config.truncate_dim:
+        identity.append(("truncate_dim", truncate_dim))
+    return Feed(StageSpec(stage, tokenize), max_length, model_options=options, identity=tuple(identity))
 
 
 def _settings(config, model: ModelInfo):
@@ -157,16 +163,20 @@ def _dim(config, model: ModelInfo) -> int:
 
     modes, _ = model_pooling(config, model.local)
     dense = modules_from_folder(Path(model.local))[1]   # read (and checked) by model_pooling already
-    width = read_config(Path(model.local))[1].hidden_size * len(modes)
-    if dense and dense[0].in_features != width:
-        raise UsageError(f"--model {config.model!r}: its Dense layer takes {dense[0].in_features} values, the "
-                         f"pooling ({', '.join(modes)}) gives {width}" + (" (--pooling)" if config.pooling else ""))
-    width = dense[-1].out_features if dense else width
+    width, source = read_config(Path(model.local))[1].hidden_size * len(modes), f"the pooling ({', '.join(modes)})"
+    for layer in dense:
+        if layer.in_features != width:
+            raise UsageError(f"--model {config.model!r}: its Dense layer {layer.folder.name} takes {layer.in_features}"
+                             f" values, {source} gives {width}" + (" (--pooling)" if config.pooling else ""))
+        width, source = layer.out_features, "the Dense layer before it"
     return min(width, _truncate_dim(config, model) or width)
 
 
 def _decode_spec(config, model: ModelInfo) -> StageSpec:
     _, normalize = model_pooling(config, model.local)
+    # A model's Normalize comes before truncate_dim (a cut unit vector is not one); --normalize is encode's
+    # normalize_embeddings, after it. What is normalised here is also the mean of several windows.
+    normalize = config.normalize is True or (normalize and not _truncate_dim(config, model))
     return StageSpec(EmbedDecode, EmbedDecodeConfig(_dim(config, model), config.text_column, config.long_text,
                                                     normalize, config.embedding_dtype))
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import os
 import sys
 import time
@@ -61,6 +63,16 @@ class Feed:
     columns: tuple[tuple[str, str], ...] = ()           # (flag, input column) the task reads besides the text
     model_options: tuple[tuple[str, object], ...] = ()  # extra `load_model` keywords (pooling, normalize)
     infer: StageSpec | None = None                      # None: `Infer` of the task's head on config.model
+    # what the task took from the model's files beyond the settings fingerprint (embed: the prompt applied,
+    # truncate_dim): part of a restart's identity, only when there is something (`settings_with`)
+    identity: tuple[tuple[str, object], ...] = ()
+
+
+def settings_with(settings_sha256: str, identity: tuple[tuple[str, object], ...]) -> str:
+    """The model's settings fingerprint with what a task read from its files; unchanged when that is nothing."""
+    if not identity:
+        return settings_sha256
+    return hashlib.sha256(json.dumps([settings_sha256, identity]).encode()).hexdigest()
 
 
 def text_feed(config: JobConfig, model: ModelInfo) -> Feed:
@@ -164,6 +176,7 @@ def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
     """Check inputs, model and the stage chain; raise UsageError with one line on any problem."""
     model = task.inspect(config) if task.inspect else inspect_model(config.model, task.model_task)
     feed = task.feed(config, model)
+    model = dataclasses.replace(model, settings_sha256=settings_with(model.settings_sha256, feed.identity))
     max_length = feed.max_length
     read_columns = tuple(dict.fromkeys((*config.result_columns, config.text_column, *(c for _, c in feed.columns))))
     try:

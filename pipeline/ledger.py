@@ -222,16 +222,15 @@ def _entry(fs, path: str) -> dict | None:
 def read_job(output: str) -> dict | None:
     """`_job.json`; where it is written in place, its copy when a crash cut it (`write_job`)."""
     fs, root = _fresh_fs(output)
-    path = _join(root, PROGRESS_DIR, JOB_FILE)
-    if not fs.exists(path):
-        return None
+    path, copy = _join(root, PROGRESS_DIR, JOB_FILE), _join(root, PROGRESS_DIR, JOB_COPY)
     try:
         with fs.open(path, "r") as handle:
             return json.load(handle)
-    except ValueError:
-        copy = _join(root, PROGRESS_DIR, JOB_COPY)
+    except (FileNotFoundError, ValueError):   # a crash after the copy, or during the write of _job.json
         if not in_place(fs) or not fs.exists(copy):
-            raise
+            if fs.exists(path):
+                raise
+            return None
         with fs.open(copy, "r") as handle:
             return json.load(handle)
 

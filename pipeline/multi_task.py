@@ -21,7 +21,7 @@ from pipeline.classify_task import CLASSIFY_TASK
 from pipeline.config import JobConfig, MultiConfig
 from pipeline.embed_task import EMBED_TASK
 from pipeline.infer import InferConfig
-from pipeline.job import Feed, ModelInfo, Task, inspect_model
+from pipeline.job import Feed, ModelInfo, Task, inspect_model, settings_with
 from pipeline.multi_stage import TaskStages, combine, struct_field
 from pipeline.ner_task import NER_TASK
 from pipeline.qa_task import QA_TASK
@@ -56,7 +56,8 @@ def multi_task(config: MultiConfig) -> tuple[JobConfig, Task]:
                             task_config.dtype, model_options=feed.model_options)
         stages.append(TaskStages(column, feed.tokenize, infer, task.decode(task_config, model), tuple(fields)))
         descriptions.append({"column": column, "task": name, "model_sha256": model.fingerprint,
-                             "model_files_sha256": model.settings_sha256, "options": result_options(task_config)})
+                             "model_files_sha256": settings_with(model.settings_sha256, feed.identity),
+                             "options": result_options(task_config)})
         max_lengths[column] = feed.max_length
         columns.update(dict.fromkeys(feed.columns))
         max_tokens.append(model.max_tokens)

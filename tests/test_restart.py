@@ -288,6 +288,9 @@ def test_entries_a_crash_cut_on_a_filesystem_written_in_place(tmp_path, monkeypa
     assert not (out / "part-00000-000000000005.parquet").exists()   # its file went with it: rows done again
     assert ledger.in_flight(str(out)) == {}
     assert ledger.read_job(str(out)) == job
+    (out / "_progress" / ledger.JOB_FILE).unlink()   # a fresh output: the crash came after the copy
+    assert ledger.read_job(str(out)) == job
+    (out / "_progress" / ledger.JOB_FILE).write_text("{")
     monkeypatch.setattr(ledger, "in_place", lambda fs: False)   # a local disk: a cut file is no crash of ours
     with pytest.raises(json.JSONDecodeError):
         ledger.read_job(str(out))

