@@ -36,7 +36,7 @@ CACHE_ENV = "BERTBATCH_MODEL_CACHE"
 CACHE_GB_ENV = "BERTBATCH_MODEL_CACHE_GB"
 DEFAULT_CACHE_GB = 20.0
 COMPLETE = ".complete"
-_HELD: dict[Path, int] = {}    # entry -> its lock file, held shared while this process lives: in use, never pruned
+_HELD: dict[Path, int] = {}    # entry -> its folder, shared-locked while this process lives: in use, never pruned
 _SEEN: dict[str, str] = {}     # URL -> content key of the copy this process resolved
 _PINNED: dict[str, str] = {}   # URL -> content key the run was planned with (workers: `pin`)
 
@@ -167,8 +167,8 @@ def _download(fs: fsspec.AbstractFileSystem, root: str, files: dict[str, dict], 
         if entry.exists():  # an incomplete entry left by a killed process (no COMPLETE marker)
             shutil.rmtree(entry)
         folder = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
-        fcntl.flock(folder, fcntl.LOCK_SH)
         try:
+            fcntl.flock(folder, fcntl.LOCK_SH)
             os.rename(staging, entry)
         except BaseException:
             os.close(folder)
