@@ -76,7 +76,7 @@ class PreClassifier(nn.Module):
         return self.classifier(F.relu(self.pre_classifier(hidden[:, 0])))
 
 
-POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len", "weightedmean", "lasttoken")
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")   # sentence-transformers' names
 
 
 class Pooling(nn.Module):

@@ -13,11 +13,10 @@ _MODE_KEYS = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_max_tokens": "max",
     "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
     "pooling_mode_weightedmean_tokens": "weightedmean",
     "pooling_mode_lasttoken": "lasttoken",
 }
-_MODE_NAMES = {"mean_sqrt_len_tokens": "mean_sqrt_len"}   # its `pooling_mode` names (version 5 on) -> ours
 DEFAULT_POOLING = ("mean",)   # the portable default: BERT's [CLS] is a poor summary without fine-tuning
 
 
@@ -113,7 +112,7 @@ def _pooling_modes(path: Path) -> tuple[str, ...]:
     mode = config.get("pooling_mode")
     if mode is None:
         return tuple(name for key, name in _MODE_KEYS.items() if config.get(key)) or ("mean",)
-    modes = tuple(_MODE_NAMES.get(m, m) for m in ([mode] if isinstance(mode, str) else mode))
+    modes = tuple([mode] if isinstance(mode, str) else mode)
     if not modes:
         raise ValueError(f"{path}: pooling_mode is empty")
     return modes

@@ -172,7 +172,7 @@ class EmbedConfig(JobConfig):
     max_length: int | None = Field(
         None, ge=8, description="tokens per window, special tokens included (default: the model's "
                                 "sentence-transformers max_seq_length, else the model's maximum)")
-    pooling: Literal["cls", "mean", "max"] | None = Field(
+    pooling: Literal["cls", "mean", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"] | None = Field(
         None, description="pooling of token vectors (default: the model's sentence-transformers config, else mean)")
     normalize: bool | None = Field(
         None, description="L2-normalise embeddings (default: as the model's sentence-transformers modules)")

@@ -211,7 +211,7 @@ def test_embed_follows_a_sentence_transformers_folders_settings(corpus, rows, tm
     np.testing.assert_allclose(np.array([ours[i]["embedding"] for i in ids], np.float32), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean", "max"])
+@pytest.mark.parametrize("pooling", ["cls", "mean", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"])
 def test_embed_pooling_equals_transformers_hidden_states(pooling, corpus, rows, tmp_path):
     folder, model = make_checkpoint(tmp_path / "model", "bert", "base")
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
@@ -223,7 +223,10 @@ def test_embed_pooling_equals_transformers_hidden_states(pooling, corpus, rows, 
         inputs = tokenizer(row["text"], return_tensors="pt")
         with torch.no_grad():
             hidden = model(**inputs).last_hidden_state[0]
-        expected = {"cls": hidden[0], "mean": hidden.mean(0), "max": hidden.max(0).values}[pooling].numpy()
+        weights = torch.arange(1, len(hidden) + 1, dtype=hidden.dtype)[:, None]
+        expected = {"cls": hidden[0], "mean": hidden.mean(0), "max": hidden.max(0).values,
+                    "mean_sqrt_len_tokens": hidden.sum(0) / len(hidden) ** 0.5, "lasttoken": hidden[-1],
+                    "weightedmean": (hidden * weights).sum(0) / weights.sum()}[pooling].numpy()
         np.testing.assert_allclose(np.array(ours[doc_id]["embedding"], np.float32), expected, atol=2e-3, rtol=1e-3)
 
 
