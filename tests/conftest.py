@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from pathlib import Path
@@ -23,13 +24,17 @@ WORDS = (  # noqa: SIM905 - a sentence is easier to read than a list of words
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """`pytest -m gpu` where torch sees no GPU (a CPU wheel, no driver) would pass with every test skipped."""
-    if config.getoption("markexpr", "").strip() == "gpu":
-        import torch
+    """`pytest -m gpu` runs the GPU tests, and refuses where torch sees no GPU (a CPU wheel, no driver: every
+    test would be skipped). Any other run hides the GPUs, so that on a GPU machine the suite runs as in CI
+    (its jobs' `--device auto` would pick CUDA and bf16 and differ from the fp32 references)."""
+    if config.getoption("markexpr", "").strip() != "gpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""   # before torch or Ray looks (workers inherit it)
+        return
+    import torch
 
-        if not torch.cuda.is_available():
-            raise pytest.UsageError(f"-m gpu: torch {torch.__version__} sees no CUDA device here, so every GPU test "
-                                    "would be skipped; install a CUDA build of torch (bench/device_wheels.sh)")
+    if not torch.cuda.is_available():
+        raise pytest.UsageError(f"-m gpu: torch {torch.__version__} sees no CUDA device here, so every GPU test "
+                                "would be skipped; install a CUDA build of torch (bench/device_wheels.sh)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
