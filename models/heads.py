@@ -126,12 +126,10 @@ class Pooling(nn.Module):
 class Dense(nn.Module):
     """A sentence-transformers Dense module: activation(linear(x)), in float32 whatever the model's dtype."""
 
-    ACTIVATIONS = {"tanh": torch.tanh, "identity": lambda x: x, "relu": F.relu, "gelu": F.gelu, "sigmoid": torch.sigmoid}
-
-    def __init__(self, in_features: int, out_features: int, bias: bool, activation: str):
+    def __init__(self, in_features: int, out_features: int, bias: bool, act: str):
         super().__init__()
         self.linear = nn.Linear(in_features, out_features, bias=bias)
-        self.activation = self.ACTIVATIONS[activation]
+        self.activation = activation(act)
 
     def forward(self, x: Tensor) -> Tensor:
         bias = self.linear.bias.float() if self.linear.bias is not None else None

@@ -22,7 +22,7 @@ from models.encoder import Encoder
 from models.heads import NoHead, Pooling, SpanPredictor, TokenClassifier
 from models.layers import Int8Linear
 from models.registry import Family
-from models.sentence_transformers import dense_weights, modules_from_folder
+from models.sentence_transformers import dense_weights, embedding_width, modules_from_folder
 
 TASKS = ("base", "ner", "classify", "qa", "embed")
 _LEGACY = ((re.compile(r"LayerNorm\.gamma$"), "LayerNorm.weight"), (re.compile(r"LayerNorm\.beta$"), "LayerNorm.bias"))
@@ -64,12 +64,10 @@ def build_head(family: Family, config: EncoderConfig, task: str, folder: Path,
     if task == "embed":
         modes, dense, norm = modules_from_folder(folder)
         modes = (pooling,) if pooling else modes
-        width, source = config.hidden_size * len(modes), f"the pooling ({', '.join(modes)})"
-        for layer in dense:
-            if layer.in_features != width:
-                raise CheckpointError(f"{layer.folder}: its Dense layer takes {layer.in_features} values, {source} "
-                                      f"gives {width}")
-            width, source = layer.out_features, "the Dense layer before it"
+        try:
+            embedding_width(config.hidden_size, modes, dense)
+        except ValueError as error:
+            raise CheckpointError(f"{folder}: {error}") from None
         return Pooling(modes, norm if normalize is None else normalize, prompt_tokens, truncate_dim,
                        tuple((d.in_features, d.out_features, d.bias, d.activation) for d in dense))
     heads = {"base": NoHead, "ner": TokenClassifier, "classify": getattr(head_modules, family.classifier),

@@ -42,10 +42,10 @@ class DenseLayer:
     in_features: int
     out_features: int
     bias: bool
-    activation: str   # a name of DENSE_ACTIVATIONS' values
+    activation: str   # a name of models.layers.activation (DENSE_ACTIVATIONS' values)
 
 
-DENSE_ACTIVATIONS = {"torch.nn.modules.activation.Tanh": "tanh", "torch.nn.modules.linear.Identity": "identity",
+DENSE_ACTIVATIONS = {"torch.nn.modules.activation.Tanh": "tanh", "torch.nn.modules.linear.Identity": "linear",
                      "torch.nn.modules.activation.ReLU": "relu", "torch.nn.modules.activation.GELU": "gelu",
                      "torch.nn.modules.activation.Sigmoid": "sigmoid"}
 
@@ -95,6 +95,17 @@ def _dense(folder: Path) -> DenseLayer:
             raise ValueError(f"{path}: {key} {config[key]!r}: only a Dense layer on the sentence embedding is supported")
     return DenseLayer(folder, int(config["in_features"]), int(config["out_features"]), bool(config.get("bias", True)),
                       DENSE_ACTIVATIONS[activation])
+
+
+def embedding_width(hidden_size: int, modes: tuple[str, ...], dense: tuple[DenseLayer, ...]) -> int:
+    """Values per embedding before `truncate_dim`: the pooled modes, then each Dense layer, which must fit."""
+    width, source = hidden_size * len(modes), f"the pooling ({', '.join(modes)})"
+    for layer in dense:
+        if layer.in_features != width:
+            raise ValueError(f"its Dense layer {layer.folder.name} takes {layer.in_features} values, {source} "
+                             f"gives {width}")
+        width, source = layer.out_features, "the Dense layer before it"
+    return width
 
 
 def dense_weights(layer: DenseLayer) -> Path:

@@ -159,16 +159,14 @@ def _prompt(config, model: ModelInfo, lowercase: bool, max_length: int) -> tuple
 
 def _dim(config, model: ModelInfo) -> int:
     from models.checkpoint import read_config
-    from models.sentence_transformers import modules_from_folder
+    from models.sentence_transformers import embedding_width, modules_from_folder
 
     modes, _ = model_pooling(config, model.local)
     dense = modules_from_folder(Path(model.local))[1]   # read (and checked) by model_pooling already
-    width, source = read_config(Path(model.local))[1].hidden_size * len(modes), f"the pooling ({', '.join(modes)})"
-    for layer in dense:
-        if layer.in_features != width:
-            raise UsageError(f"--model {config.model!r}: its Dense layer {layer.folder.name} takes {layer.in_features}"
-                             f" values, {source} gives {width}" + (" (--pooling)" if config.pooling else ""))
-        width, source = layer.out_features, "the Dense layer before it"
+    try:
+        width = embedding_width(read_config(Path(model.local))[1].hidden_size, modes, dense)
+    except ValueError as error:
+        raise UsageError(f"--model {config.model!r}: {error}" + (" (--pooling)" if config.pooling else "")) from None
     return min(width, _truncate_dim(config, model) or width)
 
 
