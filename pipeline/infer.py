@@ -66,10 +66,7 @@ def resolve_dtype(dtype: str, device: str):
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
     if dtype == "auto":
-        if device == "cuda":
-            # bf16 units (Ampere and later); torch would also say yes where it only emulates them (T4, V100)
-            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-        return torch.float32
+        return getattr(torch, auto_dtype(device))
     if dtype == "int8":     # loaded in fp32, then quantised (models.loading.quantize_int8)
         if device != "cpu":
             raise ValueError("dtype='int8' (dynamic int8 quantisation) runs on CPU only; use bfloat16 on CUDA")
@@ -86,8 +83,14 @@ def strict_float32() -> None:
 
 
 def auto_dtype(device: str) -> str:
-    """What `--dtype auto` is on `device` here ("cpu" or "cuda")."""
-    return str(resolve_dtype("auto", device)).removeprefix("torch.")
+    """What `--dtype auto` is on `device` here ("cpu" or "cuda"). On CPU the driver asks without importing
+    torch (≈ 2 s of a 2-core machine's start-up, while Ray's workers start)."""
+    if device != "cuda":
+        return "float32"
+    import torch
+
+    # bf16 units (Ampere and later); torch would also say yes where it only emulates them (T4, V100)
+    return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
 
 
 def slow_on_this_cpu(dtype: str) -> str | None:

@@ -95,3 +95,28 @@ def test_half_precision_on_cpu_is_slow_only_without_native_units(monkeypatch):
     monkeypatch.undo()
     assert isinstance(infer._native_on_cpu("bfloat16"), bool)
 
+
+
+def test_the_driver_plans_a_cpu_run_without_importing_torch(ner_checkpoint, tmp_path):
+    """torch's import is ≈ 2 s of a 2-core machine's start-up, taken from Ray's workers starting beside it: the
+    driver plans a CPU run (`--dtype auto` included) without it; only the model actors import torch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", shards=1, rows_per_shard=6)
+    script = (
+        "import sys\n"
+        "from jobs.ner_corpus import NER_TASK, NerConfig\n"
+        "from pipeline import job, ray_plan, restart\n"
+        "from pipeline.infer import auto_dtype\n"
+        f"config = NerConfig(input={str(corpus)!r}, output={str(tmp_path / 'out')!r}, model={str(ner_checkpoint)!r})\n"
+        "plan, model, _ = job.build_plan(config, NER_TASK)\n"
+        "assert plan.infer.config.with_auto_as(auto_dtype('cpu')).dtypes == ('float32',)\n"
+        "print('torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
