@@ -60,7 +60,9 @@ def init_ray() -> None:
 
     The embedded Ray runs without its dashboard: it lives only as long as the job, and its ten
     processes cost ≈ 1 s of start-up and ≈ 0.9 GB of RSS (bench/NOTES.md). To watch a local run,
-    start a local cluster (`ray start --head`) and run the job with RAY_ADDRESS=auto.
+    start a local cluster (`ray start --head`) and run the job with RAY_ADDRESS=auto. It is always a
+    new Ray: a bare `ray.init()` would join the cluster the last `ray start` on this machine recorded,
+    and retry for ever where that one died without `ray stop`.
     """
     global _embedded
     if ray.is_initialized():
@@ -69,7 +71,7 @@ def init_ray() -> None:
         _check_reachable(address)
         ray.init(address="auto")
     else:
-        ray.init(include_dashboard=False)
+        ray.init(address="local", include_dashboard=False)
         _embedded = True
 
 

@@ -204,3 +204,30 @@ def test_a_ray_address_nobody_answers_at_is_one_line_not_a_wait(ner_checkpoint, 
     done = run_cli("--input", str(corpus), "--model", str(ner_checkpoint), "--output", str(tmp_path / "out"), env=env)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
     assert f"RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers there" in done.stderr
+
+
+def test_a_local_run_starts_its_own_ray_past_a_dead_ray_start_cluster(ner_checkpoint, tmp_path):
+    """Without RAY_ADDRESS a run starts its own Ray: a cluster a `ray start` recorded on this machine
+    (ray_current_cluster) that died without `ray stop` made a bare `ray.init()` retry it for ever."""
+    import os
+    import shutil
+    import socket
+    import tempfile
+
+    with socket.socket() as probe:   # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))   # short: Ray's socket paths live below it
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{port}")
+        corpus = tmp_path / "in"
+        write(corpus / "a.parquet", id=["1"], text=["John Smith lives in Paris"])
+        env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": str(ray_tmp)}
+        done = subprocess.run([sys.executable, "jobs/ner_corpus.py", "--input", str(corpus), "--model",
+                               str(ner_checkpoint), "--output", str(tmp_path / "out")], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=150)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert (tmp_path / "out" / "_SUCCESS").exists()
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
