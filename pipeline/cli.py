@@ -61,6 +61,9 @@ def parse_config(config_cls: type[BaseModel], argv: list[str], prog: str, descri
             for name in alternatives:
                 values.pop(name, None)
     values.update(args)
+    for name, field in config_cls.model_fields.items():   # nested options have no flag to name
+        if _kind(field.annotation) is dict and field.is_required() and name not in values:
+            raise UsageError(f"`{name}` is required in the --config YAML file: {field.description}")
     try:
         return config_cls(**values)
     except ValidationError as error:

@@ -82,7 +82,8 @@ class JobConfig(_SharedChecks):
                                 "2048 on GPU (a GPU runs 256 documents in milliseconds)")
     rows_per_file: int = Field(100_000, ge=1, description="target result rows per output Parquet file")
     partition_by: str | None = Field(None, description="write hive folders COLUMN=value/ (a kept input column)")
-    overwrite: bool = Field(False, description="replace an existing output folder")
+    overwrite: bool = Field(False, description="replace an existing output folder: what earlier runs wrote there "
+                                                "is deleted (a folder holding other files is refused)")
     storage_options: SecretStr | None = Field(
         None, description="JSON object of fsspec options for --input/--output/--model (endpoint_url, key, "
                           "secret, ...); overrides the AWS environment/profile chain; never logged")
@@ -209,7 +210,7 @@ PER_TASK_OPTIONS = ("model", "max_length", "stride", "batch_tokens")
 def _multi_fields() -> dict:
     fields = {name: (f.annotation, f) for name, f in JobConfig.model_fields.items() if name != "model"}
     fields["tasks"] = (dict[str, dict], Field(
-        description="YAML only: result column -> {task: ner|classify|qa|embed, model: FOLDER, its options}"))
+        description="result column -> {task: ner|classify|qa|embed, model: FOLDER, its options} (YAML only)"))
     return fields
 
 

@@ -100,3 +100,13 @@ def test_one_line_reason_finds_the_root_cause():
         assert one_line_reason(error) == "KeyError: 'weights'"
     text_only = RuntimeError("actor died:\nTraceback ...\nmodels.loading.CheckpointError: head missing")
     assert one_line_reason(text_only) == "RuntimeError: actor died:"
+
+
+def test_a_multi_task_run_without_tasks_names_the_yaml_section_not_a_flag():
+    """`tasks` has no flag (nested options come from the YAML only): the error said "--tasks: Field required"."""
+    from pipeline.config import MultiConfig
+
+    with pytest.raises(UsageError) as error:
+        parse_config(MultiConfig, ["--input", "in", "--output", "out"], "multi_corpus.py", "")
+    assert str(error.value).startswith("`tasks` is required in the --config YAML file: result column ->")
+    assert "--tasks" not in str(error.value)

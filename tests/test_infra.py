@@ -168,6 +168,16 @@ def test_dockerfile_installs_torch_before_the_project_from_files_that_exist() ->
     assert workdir == IMAGE_WORKDIR, "the KubeRay entrypoints use this path"
 
 
+def test_dockerfile_installs_the_dependencies_before_it_copies_the_code() -> None:
+    """A code change must not reinstall every dependency: they come from pyproject.toml alone, in a layer of their
+    own before any code is copied, and the project's own install adds nothing (--no-deps)."""
+    steps = dockerfile_instructions()
+    deps = next(i for i, (op, a) in enumerate(steps) if op == "RUN" and "pyproject.toml" in a and "-r" in a)
+    assert [a for op, a in steps[:deps] if op == "COPY"] == ["pyproject.toml ./"]
+    project = [a for op, a in steps[deps + 1:] if op == "RUN" and re.search(r"pip install .*\s\.$", a)]
+    assert project and "--no-deps" in project[0]
+
+
 def test_airflow_dag_defaults_to_the_job_path_inside_the_image() -> None:
     """The DAG module imports Airflow (not installed here: tests/test_airflow.py runs it); read its constants."""
     import ast
