@@ -52,6 +52,8 @@ class ModelInfo:
     weight_bytes: int = 0           # size of the weight files (what one model actor holds, roughly)
     local: str = ""                 # the driver's local copy, for what the plan reads (tokenizer, configs)
     settings_sha256: str = ""       # config, tokenizer and sentence-transformers files (checkpoint.settings_fingerprint)
+    # a multi-task job: each task's column, task, model, files and options, which `fingerprint` hashes (JSON-ready)
+    tasks: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,8 @@ job builds them (`Task.feed`, `Task.decode`), then combined (`multi_stage.combin
 tokenizations shared between models with the same tokenizer files and windowing, one model
 actor holding every model, and one write with one struct column per task whose fields are that
 task's result columns. `bertbatch.model_sha256` (and the restart identity) is a sha256 over each
-task's column, task, model fingerprint and options, so changing any of them is a different job.
+task's column, task, model fingerprint and options, so changing any of them is a different job; the
+restart identity also keeps those descriptions (`ModelInfo.tasks`), so a refusal names what changed.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def multi_task(config: MultiConfig) -> tuple[JobConfig, Task]:
     fingerprint = hashlib.sha256(json.dumps(descriptions, sort_keys=True).encode()).hexdigest()
     models = ", ".join(task_config.model for _, _, task_config in entries)
     built = _Built(
-        model=ModelInfo(models, (), fingerprint, min(max_tokens), sum(weight_bytes)),
+        model=ModelInfo(models, (), fingerprint, min(max_tokens), sum(weight_bytes), tasks=tuple(descriptions)),
         feed=Feed(tokenize, max_lengths, tuple(columns), infer=infer),
         decode=decode,
         fields=tuple(struct_field(s.column, s.fields) for s in stages),

@@ -49,7 +49,8 @@ def job_identity(task: str, config, model, files, dtypes: tuple[str, ...]) -> di
     """What a restart must find unchanged. `dtypes`: the models' (`--dtype auto` until `with_dtypes`)."""
     return {"task": task, "model_sha256": model.fingerprint, "model_files_sha256": model.settings_sha256,
             "options": result_options(config), "dtypes": list(dtypes),
-            "inputs": ledger.input_identity(files.fs, files.paths)}
+            "inputs": ledger.input_identity(files.fs, files.paths),
+            **({"tasks": list(model.tasks)} if model.tasks else {})}
 
 
 def with_dtypes(identity: dict, dtypes: tuple[str, ...]) -> dict:
@@ -61,6 +62,9 @@ def _mismatch(old: dict, new: dict) -> str | None:
     if old["task"] != new["task"]:
         return f"task {old['task']!r} (now {new['task']!r})"
     if old["model_sha256"] != new["model_sha256"]:
+        if old["task"] == "multi":
+            return _task_change(old.get("tasks"), new.get("tasks")) or \
+                "another model or task options (a multi-task job's sha256 covers each task's model, files and options)"
         return f"another model (sha256 {old['model_sha256'][:12]}, now {new['model_sha256'][:12]})"
     if old.get("model_files_sha256", new["model_files_sha256"]) != new["model_files_sha256"]:
         return "the same weights but another config.json, tokenizer or sentence-transformers files"
@@ -78,6 +82,27 @@ def _mismatch(old: dict, new: dict) -> str | None:
     if old["inputs"] != new["inputs"]:
         changed = next((b["path"] for a, b in zip(old["inputs"], new["inputs"]) if a != b), "the file list")
         return f"other input files (changed: {changed})"
+    return None
+
+
+def _task_change(old: list | None, new: list | None) -> str | None:
+    """What differs between two multi-task jobs' tasks (None: nothing found, or a ledger without them)."""
+    if not old or not new:
+        return None
+    was, now = ({t["column"]: t for t in tasks} for tasks in (old, new))
+    if list(was) != list(now):
+        return f"the tasks {', '.join(was)} (now {', '.join(now)})"
+    for column, a in was.items():
+        b = now[column]
+        if a["task"] != b["task"]:
+            return f"tasks.{column}.task {a['task']!r} (now {b['task']!r})"
+        if a["model_sha256"] != b["model_sha256"]:
+            return f"another model in tasks.{column} (sha256 {a['model_sha256'][:12]}, now {b['model_sha256'][:12]})"
+        if a["model_files_sha256"] != b["model_files_sha256"]:
+            return f"the same weights in tasks.{column} but another config.json, tokenizer or sentence-transformers files"
+        for key in sorted(set(a["options"]) | set(b["options"])):
+            if a["options"].get(key) != b["options"].get(key):
+                return f"tasks.{column}.{key} {a['options'].get(key)!r} (now {b['options'].get(key)!r})"
     return None
 
 

@@ -373,6 +373,33 @@ def test_identity_covers_the_models_settings_and_multi_task_layout_flags_are_fre
     assert multi() == multi(layout, batch_tokens=999) != multi(aggregation="first")
 
 
+def test_a_multi_task_output_names_what_changed_in_its_tasks(tmp_path, ner_checkpoint):
+    """A multi-task job's sha256 covers each task's model, files and options (its --dtype as given): a change
+    is named (it said "another model (sha256 …)" for any of them); a ledger without the tasks still refuses."""
+    from pipeline.config import MultiConfig
+    from pipeline.job import build_plan
+    from pipeline.multi_task import multi_task
+    from pipeline.restart import _mismatch, job_identity
+
+    corpus = write_corpus(tmp_path / "corpus", shards=1, rows_per_shard=6)
+
+    def identity(column="entities", shared=None, **flags):
+        tasks = {column: {"task": "ner", "model": str(ner_checkpoint), **flags}}
+        config, task = multi_task(MultiConfig(input=str(corpus), output=str(tmp_path / "m"), tasks=tasks,
+                                              **(shared or {})))
+        plan, info, _ = build_plan(config, task)
+        return job_identity("multi", config, info, plan.files, plan.infer.config.dtypes)
+
+    base = identity()
+    assert _mismatch(base, identity()) is None and _mismatch(base, identity(batch_tokens=999)) is None
+    assert _mismatch(base, identity(aggregation="first")) == "tasks.entities.aggregation 'simple' (now 'first')"
+    assert _mismatch(base, identity(shared={"dtype": "float32"})) == "tasks.entities.dtype 'auto' (now 'float32')"
+    assert _mismatch(base, identity("names")) == "the tasks entities (now names)"
+    legacy = {k: v for k, v in base.items() if k != "tasks"}    # a ledger written before the tasks were kept
+    assert _mismatch(legacy, identity()) is None
+    assert _mismatch(legacy, identity(aggregation="first")).startswith("another model or task options")
+
+
 def test_a_run_the_cluster_refuses_leaves_the_output_untouched(corpus, ner_checkpoint, reference, tmp_path):
     """The cluster's refusals (here --device cuda without a GPU) come before the output is cleaned,
     emptied (--overwrite) or given a ledger: a finished output stays finished."""
