@@ -178,6 +178,15 @@ class Tokenizer:
         return self._windowers[key]
 
 
+def tokenizer_family(folder: Path) -> str:
+    """The fast tokenizer class the folder loads as ("Bert", "DistilBert", "Roberta", ...): tokenizer_config.json's
+    `tokenizer_class`, else config.json's model type (it decides, e.g., whether pairs get token type ids)."""
+    class_name = _read_json(folder / "tokenizer_config.json").get("tokenizer_class") or _MODEL_TYPE_CLASS.get(
+        _read_json(folder / "config.json").get("model_type"), ""
+    )
+    return class_name.removesuffix("Fast").removesuffix("Tokenizer")
+
+
 def load_tokenizer(folder: str | Path, lowercase: bool = False) -> Tokenizer:
     """The folder's tokenizer as `PreTrainedTokenizerFast` loads it; `lowercase` puts a Lowercase normalizer
     first, as sentence-transformers does for `do_lower_case` (special tokens stay as they are)."""
@@ -185,10 +194,7 @@ def load_tokenizer(folder: str | Path, lowercase: bool = False) -> Tokenizer:
     if not folder.is_dir():
         raise FileNotFoundError(f"tokenizer folder {folder} does not exist or is not a directory")
     settings = _read_json(folder / "tokenizer_config.json")
-    class_name = settings.get("tokenizer_class") or _MODEL_TYPE_CLASS.get(
-        _read_json(folder / "config.json").get("model_type"), ""
-    )
-    family = class_name.removesuffix("Fast").removesuffix("Tokenizer")
+    family = tokenizer_family(folder)
     stored_padding = stored_truncation = None
     if (folder / "tokenizer.json").is_file():
         backend = RustTokenizer.from_file(str(folder / "tokenizer.json"))

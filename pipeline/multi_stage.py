@@ -83,10 +83,14 @@ def combine(tasks: list[TaskStages]) -> tuple[StageSpec, StageSpec, StageSpec]:
 
 
 def tokenizer_fingerprint(folder: str) -> str:
+    """Equal for folders that tokenize alike: their tokenizer files and the tokenizer class they load as (byte-equal
+    files beside config.json's of BERT and of DistilBERT load as tokenizers that differ in token type ids)."""
     from models.checkpoint import settings_fingerprint
     from models.remote import local_model_folder
+    from models.tokenizer import tokenizer_family
 
-    return settings_fingerprint(local_model_folder(folder), TOKENIZER_FILES)   # a model on object storage: its copy here
+    local = local_model_folder(folder)   # a model on object storage: its copy here
+    return f"{settings_fingerprint(local, TOKENIZER_FILES)}:{tokenizer_family(local)}"
 
 
 def run_part(stage: Stage, table: pa.Table, inputs: dict[str, str], outputs: dict[str, str]) -> pa.Table:
@@ -170,14 +174,24 @@ class MultiDecode(Stage):
         return tuple(requires), tuple(column for column, *_ in config.parts), tuple(removes)
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        """Each part decodes with the input columns as they came, whatever the result columns and the parts'
+        own result fields are named (a task called like the text column, a kept `label` beside a classifier's
+        `label` field): columns named like a part's fields wait aside while it runs, and the result columns
+        are set only after every part ran."""
+        results = []
         for column, windows, outputs, stage, fields in self.parts:
-            table = run_part(stage, table, {WINDOWS: windows, OUTPUTS: outputs}, {})
             names = [f.name for f in fields]
+            aside = {n: table.column(n) for n in names if n in table.column_names}
+            table = run_part(stage, table.drop_columns(list(aside)), {WINDOWS: windows, OUTPUTS: outputs}, {})
             children = [table.column(n).combine_chunks() for n in names]
             table = table.drop_columns(names)
+            for name, values in aside.items():
+                table = table.append_column(name, values)
             # Rows that failed get a null struct; the sink writes them to _errors, not to the results.
             failed = pc.invert(ok_mask(table)).combine_chunks()
-            table = set_column(table, column, pa.StructArray.from_arrays(children, fields=list(fields), mask=failed))
+            results.append((column, pa.StructArray.from_arrays(children, fields=list(fields), mask=failed)))
+        for column, values in results:
+            table = set_column(table, column, values)
         return table.drop_columns([c for c in self.removes if c in table.column_names])
 
 

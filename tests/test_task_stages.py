@@ -299,6 +299,63 @@ def test_multi_task_equals_single_tasks_and_shares_tokenization(corpus, tmp_path
                            together[next(iter(together))]["query_vector"]["embedding"])
 
 
+def test_multi_task_results_collide_with_neither_inputs_nor_each_others_fields(tmp_path):
+    """A result column named like the text column, one named like another task's field (`entities`), a kept
+    `label` beside a classifier's `label` field: every row came out as an error, or the write failed."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    texts = ["John Smith works at Acme Corp in Paris.", "the big city", "Mary Jones visited the Bank of London"]
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "text": texts, "label": ["gold-1", "gold-2", "gold-3"]}),
+                   folder / "part-0.parquet")
+    classify = scaled_checkpoint(tmp_path / "classify", "bert", "classify", 8.0, **CLASSIFY_HEADS["single"])
+    ner, _ = make_checkpoint(tmp_path / "ner", "bert", "ner")
+    shared = dict(input=str(folder), output=str(tmp_path / "out"))
+    tasks = {"text": {"task": "classify", "model": str(classify)},
+             "entities": {"task": "ner", "model": str(ner)},
+             "entities_first": {"task": "ner", "model": str(ner), "aggregation": "first"},
+             "topic": {"task": "classify", "model": str(classify), "top_k": 2}}
+    together = annotate(*multi_task(MultiConfig(**shared, keep_columns=("label",), tasks=tasks)))
+    alone = {"text": annotate(ClassifyConfig(model=str(classify), **shared), CLASSIFY_TASK),
+             "entities": annotate(NerConfig(model=str(ner), **shared), NER_TASK),
+             "entities_first": annotate(NerConfig(model=str(ner), aggregation="first", **shared), NER_TASK),
+             "topic": annotate(ClassifyConfig(model=str(classify), top_k=2, **shared), CLASSIFY_TASK)}
+    assert sorted(together) == ["a", "b", "c"]
+    for doc_id, row in together.items():
+        assert row["label"] == f"gold-{'abc'.index(doc_id) + 1}"
+        for column, rows in alone.items():
+            assert_nested_close(row[column], {k: v for k, v in rows[doc_id].items() if k != "id"}, column)
+
+
+def test_multi_task_shares_a_tokenization_only_between_models_that_tokenize_alike(tmp_path):
+    """Byte-equal tokenizer files beside a BERT and a DistilBERT config.json (no tokenizer_class, as on the hub):
+    DistilBERT's pairs have no token type ids, so the BERT classifier fed its windows scored otherwise."""
+    import shutil
+
+    bert, _ = make_checkpoint(tmp_path / "bert", "bert", "classify")
+    distil, _ = make_checkpoint(tmp_path / "distil", "distilbert", "classify")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (bert / name).exists():
+            shutil.copy(bert / name, distil / name)
+    for folder in (bert, distil):
+        settings = json.loads((folder / "tokenizer_config.json").read_text())
+        settings.pop("tokenizer_class", None)
+        (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["John lives in Paris", "the big city"],
+                             "pair": ["Mary visited London", "a small house"]}), folder / "part-0.parquet")
+    shared = dict(input=str(folder), output=str(tmp_path / "out"))
+    tasks = {"d": {"task": "classify", "model": str(distil), "text_pair_column": "pair"},
+             "b": {"task": "classify", "model": str(bert), "text_pair_column": "pair"}}
+    config, task = multi_task(MultiConfig(**shared, tasks=tasks))
+    together = annotate(config, task)
+    for column, model in (("d", distil), ("b", bert)):
+        alone = annotate(ClassifyConfig(model=str(model), text_pair_column="pair", **shared), CLASSIFY_TASK)
+        for doc_id, row in alone.items():
+            assert_nested_close(together[doc_id][column], {k: v for k, v in row.items() if k != "id"}, column)
+    assert multi_parts(config, task)["tokenize"] == 2
+
+
 def multi_parts(config, task) -> dict[str, int]:
     from pipeline.job import build_plan
 
