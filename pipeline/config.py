@@ -100,6 +100,11 @@ class JobConfig(_SharedChecks):
             raise ValueError(f"column names starting with '_' are reserved for the pipeline: {internal}")
         if self.id_column in self.keep_columns:
             raise ValueError(f"keep_columns: {self.id_column!r} is the id column, always kept")
+        if self.partition_by is not None and (not self.partition_by or self.partition_by.startswith(("_", "."))
+                                              or "/" in self.partition_by or "=" in self.partition_by):
+            # its folders would be hidden from readers ('_', '.'), nested ('/') or misread ('=')
+            raise ValueError(f"partition_by={self.partition_by!r}: a partition column's name cannot be empty, start "
+                             "with '_' or '.', nor hold '/' or '='")
         return self
 
     @property

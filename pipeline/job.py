@@ -197,6 +197,9 @@ def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
             if "view" in str(schema.field(column).type):
                 raise InputError(f"{flag} {column!r} has type {schema.field(column).type}, which the output cannot "
                                  "take; write it as string / binary / list")
+        if config.partition_by and not partition_type(schema.field(config.partition_by).type):
+            raise InputError(f"--partition-by {config.partition_by!r} has type {schema.field(config.partition_by).type}"
+                             ": a folder name is one text value; partition by a string, number, date or bool column")
     except (InputError, ValueError) as error:
         raise UsageError(str(error)) from None
 
@@ -252,6 +255,14 @@ def provenance(task: Task, model: str, fingerprint: str) -> tuple[tuple[str, str
         ("bertbatch.task", task.name), ("bertbatch.model", model), ("bertbatch.model_sha256", fingerprint),
         ("bertbatch.version", version("bertbatch")), ("bertbatch.schema_version", results.SCHEMA_VERSION),
     )
+
+
+def partition_type(kind: pa.DataType) -> bool:
+    """Whether a column of this type can name hive folders: scalars with a text form (not bytes, lists, structs)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return not (pa.types.is_nested(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+                or pa.types.is_fixed_size_binary(kind) or pa.types.is_binary_view(kind))
 
 
 def version(package: str) -> str:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pipeline.kill_hooks import kill_point
 from pipeline.lease import LEASE_FILE, LOCK_FILE
 from pipeline.ledger import JOB_FILE, PROGRESS_DIR, commit, row_ranges
-from pipeline.stage import ERROR, FILE_INDEX, ROW, SOURCE, STAT_PREFIX, Stage
+from pipeline.stage import ERROR, FILE_INDEX, ROW, SOURCE, STAT_PREFIX, Stage, with_errors
 from pipeline.storage import is_object_store
 from schemas import results
 
@@ -33,6 +33,7 @@ ERRORS_DIR = "_errors"
 RUN_FILE = "_run.json"
 SUCCESS_FILE = "_SUCCESS"
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # Hive's name for a null partition value
+FOLDER_NAME_BYTES = 255     # the longest file name of common filesystems (ext4, XFS, APFS, NTFS in UTF-16 units)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +65,8 @@ class ResultWriter(Stage):
 
     def __call__(self, table: pa.Table) -> dict:
         table = table.sort_by([(FILE_INDEX, "ascending"), (ROW, "ascending")])
+        if self.config.partition_by:
+            table = self._unfit_partitions(table)
         failed = pc.is_valid(table.column(ERROR))
         errors, ok = table.filter(failed), table.filter(pc.invert(failed))
         files = []
@@ -81,6 +84,22 @@ class ResultWriter(Stage):
         kill_point("commit")
         return {**counters, "files": files}
 
+    def _unfit_partitions(self, table: pa.Table) -> pa.Table:
+        """Rows whose partition value makes a folder name too long for a filesystem become error rows."""
+        column = self.config.partition_by
+        keys = table.column(column).cast(pa.string())
+        errors = {}
+        for value in pc.unique(keys).drop_null().to_pylist():
+            if len(self._folder(value).encode()) > FOLDER_NAME_BYTES:
+                message = (f"--partition-by {column}: the value ({len(value)} characters) makes a folder name of "
+                           f"{len(self._folder(value).encode())} bytes, past the {FOLDER_NAME_BYTES} a file name may have")
+                rows = pc.indices_nonzero(pc.fill_null(pc.equal(keys, value), False)).to_pylist()
+                errors.update(dict.fromkeys(rows, ("write", "partition_value_too_long", message)))
+        return with_errors(table, errors)
+
+    def _folder(self, value: str | None) -> str:
+        return f"{self.config.partition_by}={NULL_PARTITION if value is None else quote(value, safe='')}"
+
     def _write_results(self, ok: pa.Table) -> list[str]:
         schema = self.config.result_schema
         table = ok.select(schema.names)
@@ -92,7 +111,7 @@ class ResultWriter(Stage):
         keys = table.column(column).cast(pa.string())
         for value in pc.unique(keys).to_pylist():
             mask = pc.is_null(keys) if value is None else pc.fill_null(pc.equal(keys, value), False)
-            folder = f"{column}={NULL_PARTITION if value is None else quote(value, safe='')}"
+            folder = self._folder(value)
             part = table.filter(mask).drop_columns([column])
             files += self._write(part, folder, schema.remove(schema.get_field_index(column)), ok.filter(mask))
         return files

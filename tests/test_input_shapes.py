@@ -83,6 +83,27 @@ def test_columns_that_clash_with_the_outputs_are_refused(options, message, tmp_p
         ner(corpus, ner_checkpoint, tmp_path, **options)
 
 
+@pytest.mark.parametrize("values, message", [
+    (pa.array([["a"]], pa.list_(pa.string())), "--partition-by 'grp' has type list<.*>: a folder name"),
+    (pa.array([b"caf\xe9"], pa.binary()), "--partition-by 'grp' has type binary: a folder name"),
+])
+def test_a_partition_column_that_cannot_name_a_folder_is_refused(values, message, tmp_path, ner_checkpoint):
+    """A list or bytes partition column failed the write of every batch, after all the inference."""
+    corpus = tmp_path / "corpus"
+    write(corpus / "part.parquet", id=["a"], text=TEXTS[:1], grp=values)
+    with pytest.raises(UsageError, match=message):
+        ner(corpus, ner_checkpoint, tmp_path, partition_by="grp")
+
+
+@pytest.mark.parametrize("name", ["_grp", ".grp", "a=b", "x/y", ""])
+def test_a_partition_column_name_that_would_hide_or_mislead_its_folders_is_refused(name):
+    """`_grp=x/` folders are hidden from pyarrow and Spark; `a=b=v/` reads back as column a; `x/y=v/` nests."""
+    from pipeline.config import NerConfig
+
+    with pytest.raises(ValueError, match="a partition column's name cannot be empty, start with '_' or '.'"):
+        NerConfig(input="in", output="out", model="m", partition_by=name)
+
+
 def test_an_id_the_output_cannot_take_is_refused(tmp_path, ner_checkpoint):
     corpus = tmp_path / "corpus"
     write(corpus / "part.parquet", id=pa.array(["a"], pa.string_view()), text=TEXTS[:1])

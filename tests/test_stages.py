@@ -255,6 +255,23 @@ def test_sink_partitions_by_a_column(tmp_path):
         ("d0", "en"), ("d2", "en"), ("d3", "fr"), ("d4", "en"), ("d5", "fr")]
 
 
+def test_a_partition_value_too_long_for_a_folder_name_is_an_error_row(tmp_path):
+    """30 CJK characters quote to a folder name of 275 bytes: the write failed (File name too long) after all the
+    inference, and again on every resume; those rows are errors now, the others written."""
+    table = _annotated(6)
+    langs = ["en", "東" * 30, "fr", "東" * 30, "é" * 42, None]
+    table = table.set_column(table.schema.get_field_index("lang"), "lang", pa.array(langs))
+    summary = ResultWriter(_sink_config(tmp_path, partition_by="lang", rows_per_file=100))(table)
+    assert (summary["rows"], summary["errors"]) == (3, 3)
+    out = tmp_path / "out"
+    written = pads.dataset(out, format="parquet", partitioning="hive").to_table()
+    assert sorted(written.column("id").to_pylist()) == ["d0", "d2", "d5"]
+    errors = {r["id"]: r for r in pq.read_table(out / "_errors").to_pylist()}
+    assert errors["d1"]["stage"] == "tokenize"          # an earlier error stays as it was
+    assert errors["d3"]["error"] == errors["d4"]["error"] == "partition_value_too_long"
+    assert "makes a folder name of 275 bytes, past the 255" in errors["d3"]["message"]
+
+
 def test_sink_refuses_a_batch_that_does_not_match_the_schema(tmp_path):
     table = _annotated(2)
     table = table.set_column(table.schema.get_field_index("lang"), "lang", pa.array([1, 2]))
