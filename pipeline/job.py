@@ -52,7 +52,8 @@ class ModelInfo:
     weight_bytes: int = 0           # size of the weight files (what one model actor holds, roughly)
     local: str = ""                 # the driver's local copy, for what the plan reads (tokenizer, configs)
     settings_sha256: str = ""       # config, tokenizer and sentence-transformers files (checkpoint.settings_fingerprint)
-    # a multi-task job: each task's column, task, model, files and options, which `fingerprint` hashes (JSON-ready)
+    # a multi-task job: each task's column, task, model (path, sha256, files) and options (JSON-ready; `fingerprint`
+    # hashes them but the path)
     tasks: tuple = ()
 
 
@@ -337,7 +338,7 @@ def _run(config: JobConfig, task: Task, plan: Plan, model, max_length: int, iden
         "task": task.name,
         "config": {**config.model_dump(), "max_length": max_length},
         "model": {"path": config.model, "sha256": model.fingerprint, "labels": list(model.id2label),
-                  "dtypes": identity["dtypes"]},
+                  "dtypes": identity["dtypes"], **({"tasks": list(model.tasks)} if model.tasks else {})},
         "schema_version": results.SCHEMA_VERSION,
         "result_schema": str(plan.sink.config.result_schema.remove_metadata()),
         "versions": {p: version(p) for p in ("bertbatch", "ray", "torch", "pyarrow", "tokenizers")},

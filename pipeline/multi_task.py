@@ -66,8 +66,9 @@ def multi_task(config: MultiConfig) -> tuple[JobConfig, Task]:
     tokenize, infer, decode = combine(stages)
     fingerprint = hashlib.sha256(json.dumps(descriptions, sort_keys=True).encode()).hexdigest()
     models = ", ".join(task_config.model for _, _, task_config in entries)
+    described = tuple({**d, "model": task_config.model} for d, (_, _, task_config) in zip(descriptions, entries))
     built = _Built(
-        model=ModelInfo(models, (), fingerprint, min(max_tokens), sum(weight_bytes), tasks=tuple(descriptions)),
+        model=ModelInfo(models, (), fingerprint, min(max_tokens), sum(weight_bytes), tasks=described),
         feed=Feed(tokenize, max_lengths, tuple(columns), infer=infer),
         decode=decode,
         fields=tuple(struct_field(s.column, s.fields) for s in stages),

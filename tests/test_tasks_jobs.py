@@ -116,6 +116,11 @@ def test_multi_task_job_equals_the_single_task_jobs(runs):
     run = json.loads(Path(runs["multi"], "_run.json").read_text())
     assert run["task"] == "multi" and run["complete"] and Path(runs["multi"], "_SUCCESS").exists()
     assert run["model"]["dtypes"] == ["float32"]   # every task's --dtype auto, as resolved on this CPU
+    # which model and options made each column (the config holds only the shared options)
+    tasks = {t["column"]: t for t in run["model"]["tasks"]}
+    assert [tasks[c]["task"] for c in ("topics", "answer", "vector")] == ["classify", "qa", "embed"]
+    assert tasks["vector"]["model"] == MINILM and tasks["vector"]["options"]["long_text"] == "mean"
+    assert tasks["answer"]["options"]["doc_stride"] == 16 and len(tasks["topics"]["model_sha256"]) == 64
     labels = duckdb.sql(f"SELECT id, topics.label, answer.answer, len(vector.embedding) "
                         f"FROM read_parquet('{runs['multi']}/*.parquet') ORDER BY id").fetchall()
     assert [(r[0], r[1]) for r in labels] == sorted((i, row["topics"]["label"]) for i, row in multi.items())
