@@ -33,7 +33,7 @@ from pipeline.read import (
     scan_footers,
 )
 from pipeline.report import format_report, summarize
-from pipeline.sink import ResultWriter, SinkConfig, finish_output
+from pipeline.sink import ResultWriter, SinkConfig, finish_output, write_empty_results
 from pipeline.stage import ERROR, FILE_INDEX, ROW, SOURCE, ChainError, StageSpec, check_chain
 from pipeline.storage import StorageOptions, configure
 from pipeline.tokenize import Tokenize, TokenizeConfig
@@ -349,6 +349,8 @@ def _run(config: JobConfig, task: Task, plan: Plan, model, max_length: int, iden
         "report": report,
         "complete": complete,
     }
+    if complete and not report["results"]:
+        write_empty_results(plan.sink.config)
     finish_output(config.output, run, complete)
     print(format_report(report))
     if plan.footers.unreadable:

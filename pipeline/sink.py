@@ -33,6 +33,7 @@ ERRORS_DIR = "_errors"
 RUN_FILE = "_run.json"
 SUCCESS_FILE = "_SUCCESS"
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # Hive's name for a null partition value
+EMPTY_RESULTS = "part-00000-empty.parquet"    # the one result file of an output where every row is an error
 FOLDER_NAME_BYTES = 255     # the longest file name of common filesystems (ext4, XFS, APFS, NTFS in UTF-16 units)
 
 
@@ -204,6 +205,16 @@ def prepare_output(output: str, overwrite: bool) -> None:
                 if path not in (lease, lock):
                     fs.rm(path, recursive=True)
     fs.makedirs(root, exist_ok=True)
+
+
+def write_empty_results(config: SinkConfig) -> None:
+    """A finished output without a result row still gets a result file (no rows): readers find its columns
+    (DuckDB's read_parquet('OUT/*.parquet') fails on no file). Written at the end, never in the ledger: a run
+    killed before `_SUCCESS` leaves it as an orphan the resume deletes and writes again."""
+    fs, root = fsspec.core.url_to_fs(config.output)
+    schema = config.result_schema.with_metadata(dict(config.metadata))
+    with fs.open(f"{root.rstrip('/')}/{EMPTY_RESULTS}", "wb") as handle:
+        pq.write_table(schema.empty_table(), handle)
 
 
 def finish_output(output: str, run: dict, complete: bool) -> None:

@@ -151,3 +151,21 @@ def test_half_precision_on_a_cpu_without_it_is_refused_before_any_work(ray_sessi
     with pytest.raises(UsageError, match="no bfloat16 matrix instructions.*use --dtype float32, or int8"):
         run_job(config, NER_TASK)
     assert not list((tmp_path / "out").rglob("*.parquet"))
+
+
+def test_an_output_whose_rows_all_failed_still_has_its_columns(ray_session, ner_checkpoint, tmp_path):
+    """Every row an error: the output had `_SUCCESS` but no result file, so DuckDB's read_parquet('OUT/*.parquet')
+    failed ("No files found") and pyarrow saw no columns; one empty result file carries them."""
+    import duckdb
+
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    pq.write_table(pa.table({"id": ["a", "b"], "text": pa.array([None, None], pa.string())}), corpus / "p.parquet")
+    config = NerConfig(input=str(corpus), output=str(tmp_path / "out"), model=str(ner_checkpoint))
+    run = run_job(config, NER_TASK)
+    assert run["complete"] and (run["report"]["results"], run["report"]["errors"]) == (0, 2)
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{config.output}/*.parquet')").fetchall() == [(0,)]
+    table = pads.dataset(config.output, format="parquet").to_table()
+    assert table.num_rows == 0 and table.schema.names == ["id", "entities"]
+    assert table.schema.metadata[b"bertbatch.task"] == b"ner"
+    assert run_job(config, NER_TASK)["complete"]      # and the finished output stays as it is
