@@ -160,7 +160,7 @@ class MultiDecode(Stage):
     def __init__(self, config: MultiDecodeConfig):
         self.config = config
         self.requires, self.adds, self.removes = self.declare(config)
-        self.parts = [(column, windows, outputs, spec.build(), fields)
+        self.parts = [(column, windows, outputs, spec.build(), fields, spec.columns[0])
                       for column, windows, outputs, spec, fields in config.parts]
 
     @classmethod
@@ -176,13 +176,14 @@ class MultiDecode(Stage):
     def __call__(self, table: pa.Table) -> pa.Table:
         """Each part decodes with the input columns as they came, whatever the result columns and the parts'
         own result fields are named (a task called like the text column, a kept `label` beside a classifier's
-        `label` field): columns named like a part's fields wait aside while it runs, and the result columns
-        are set only after every part ran."""
+        `label` field, a text column called `label`): columns named like a part's fields are kept aside while
+        it runs (those it reads stay) and put back after, and the result columns are set after every part."""
         results = []
-        for column, windows, outputs, stage, fields in self.parts:
+        for column, windows, outputs, stage, fields, reads in self.parts:
             names = [f.name for f in fields]
             aside = {n: table.column(n) for n in names if n in table.column_names}
-            table = run_part(stage, table.drop_columns(list(aside)), {WINDOWS: windows, OUTPUTS: outputs}, {})
+            table = table.drop_columns([n for n in aside if n not in reads])
+            table = run_part(stage, table, {WINDOWS: windows, OUTPUTS: outputs}, {})
             children = [table.column(n).combine_chunks() for n in names]
             table = table.drop_columns(names)
             for name, values in aside.items():

@@ -35,6 +35,8 @@ SUCCESS_FILE = "_SUCCESS"
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # Hive's name for a null partition value
 EMPTY_RESULTS = "part-00000-empty.parquet"    # the one result file of an output where every row is an error
 FOLDER_NAME_BYTES = 255     # the longest file name of common filesystems (ext4, XFS, APFS, NTFS in UTF-16 units)
+OBJECT_KEY_BYTES = 1024     # an object store's longest key (S3, GCS), which has no folder names to limit
+PART_NAME_BYTES = 40        # part-00000-000000000000.parquet and room for a temporary name's prefix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,17 +88,27 @@ class ResultWriter(Stage):
         return {**counters, "files": files}
 
     def _unfit_partitions(self, table: pa.Table) -> pa.Table:
-        """Rows whose partition value makes a folder name too long for a filesystem become error rows."""
+        """Rows whose partition value makes a folder name too long for the filesystem (an object key too long
+        for the object store) become error rows."""
         column = self.config.partition_by
         keys = table.column(column).cast(pa.string())
         errors = {}
-        for value in pc.unique(keys).drop_null().to_pylist():
-            if len(self._folder(value).encode()) > FOLDER_NAME_BYTES:
-                message = (f"--partition-by {column}: the value ({len(value)} characters) makes a folder name of "
-                           f"{len(self._folder(value).encode())} bytes, past the {FOLDER_NAME_BYTES} a file name may have")
-                rows = pc.indices_nonzero(pc.fill_null(pc.equal(keys, value), False)).to_pylist()
-                errors.update(dict.fromkeys(rows, ("write", "partition_value_too_long", message)))
+        for value in pc.unique(keys).to_pylist():
+            if why := self._too_long(self._folder(value)):
+                message = f"--partition-by {column}: the value ({len(value or '')} characters) makes {why}"
+                match = pc.is_null(keys) if value is None else pc.fill_null(pc.equal(keys, value), False)
+                errors.update(dict.fromkeys(pc.indices_nonzero(match).to_pylist(),
+                                            ("write", "partition_value_too_long", message)))
         return with_errors(table, errors)
+
+    def _too_long(self, folder: str) -> str | None:
+        if is_object_store(self.fs):
+            key = len(f"{self.root.rstrip('/')}/{folder}/".encode()) + PART_NAME_BYTES
+            return f"object keys of {key} bytes, past the {OBJECT_KEY_BYTES} a key may have" \
+                if key > OBJECT_KEY_BYTES else None
+        size = len(folder.encode())
+        return f"a folder name of {size} bytes, past the {FOLDER_NAME_BYTES} a file name may have" \
+            if size > FOLDER_NAME_BYTES else None
 
     def _folder(self, value: str | None) -> str:
         return f"{self.config.partition_by}={NULL_PARTITION if value is None else quote(value, safe='')}"
@@ -208,12 +220,17 @@ def prepare_output(output: str, overwrite: bool) -> None:
 
 
 def write_empty_results(config: SinkConfig) -> None:
-    """A finished output without a result row still gets a result file (no rows): readers find its columns
-    (DuckDB's read_parquet('OUT/*.parquet') fails on no file). Written at the end, never in the ledger: a run
-    killed before `_SUCCESS` leaves it as an orphan the resume deletes and writes again."""
+    """A finished output without a result row still gets a result file (no rows) where readers look: readers
+    find its columns (DuckDB's read_parquet('OUT/*.parquet') fails on no file); partitioned, in the null value's
+    folder. Written at the end, never in the ledger: a run killed before `_SUCCESS` leaves it as an orphan the
+    resume deletes and writes again."""
     fs, root = fsspec.core.url_to_fs(config.output)
-    schema = config.result_schema.with_metadata(dict(config.metadata))
-    with fs.open(f"{root.rstrip('/')}/{EMPTY_RESULTS}", "wb") as handle:
+    schema, folder = config.result_schema.with_metadata(dict(config.metadata)), root.rstrip("/")
+    if config.partition_by:
+        schema = schema.remove(schema.get_field_index(config.partition_by))
+        folder = f"{folder}/{config.partition_by}={NULL_PARTITION}"
+    fs.makedirs(folder, exist_ok=True)
+    with fs.open(f"{folder}/{EMPTY_RESULTS}", "wb") as handle:
         pq.write_table(schema.empty_table(), handle)
 
 

@@ -272,6 +272,50 @@ def test_a_partition_value_too_long_for_a_folder_name_is_an_error_row(tmp_path):
     assert "makes a folder name of 275 bytes, past the 255" in errors["d3"]["message"]
 
 
+def test_on_an_object_store_only_the_key_length_limits_a_partition_value(monkeypatch):
+    """An object store has no folder names: a 365-byte `lang=…` segment is a fine key there (it was written before the
+    255-byte folder check); a key past 1,024 bytes is not."""
+    from pathlib import Path
+    from urllib.parse import quote
+
+    import fsspec
+
+    from pipeline import sink
+
+    monkeypatch.setattr(sink, "is_object_store", lambda fs: True)   # the memory filesystem standing in for S3
+    fs = fsspec.filesystem("memory")
+    if fs.exists("/bucket"):
+        fs.rm("/bucket", recursive=True)
+    table = _annotated(6)
+    langs = ["en", "fr", "fr", "é" * 200, "é" * 60, None]    # d1 is an error already (_annotated)
+    table = table.set_column(table.schema.get_field_index("lang"), "lang", pa.array(langs))
+    config = dataclasses.replace(_sink_config(Path("/")), output="memory://bucket/out", partition_by="lang",
+                                 rows_per_file=100)
+    summary = ResultWriter(config)(table)
+    assert (summary["rows"], summary["errors"]) == (4, 2)
+    assert any(f"/lang={quote('é' * 60, safe='')}/part-" in path for path in fs.find("/bucket/out"))
+    errors = pq.read_table(fs.open(fs.find("/bucket/out/_errors")[0])).to_pylist()
+    assert [e["error"] for e in errors if e["id"] == "d3"] == ["partition_value_too_long"]
+    assert "past the 1024 a key may have" in next(e["message"] for e in errors if e["id"] == "d3")
+
+
+def test_an_output_without_result_rows_gets_an_empty_file_where_readers_look(tmp_path):
+    import duckdb
+
+    from pipeline.sink import write_empty_results
+
+    flat, partitioned = _sink_config(tmp_path / "flat"), _sink_config(tmp_path / "parted", partition_by="lang")
+    write_empty_results(flat)
+    write_empty_results(partitioned)
+    assert duckdb.sql(f"SELECT * FROM read_parquet('{tmp_path}/flat/out/*.parquet')").columns == \
+        ["id", "lang", "entities"]
+    got = duckdb.sql(f"SELECT * FROM read_parquet('{tmp_path}/parted/out/lang=*/*.parquet', hive_partitioning=true)")
+    assert sorted(got.columns) == ["entities", "id", "lang"] and got.fetchall() == []
+    # pyarrow infers no type from null partition values alone: it is given one
+    hive = pads.partitioning(pa.schema([("lang", pa.string())]), flavor="hive")
+    assert pads.dataset(tmp_path / "parted" / "out", format="parquet", partitioning=hive).to_table().num_rows == 0
+
+
 def test_sink_refuses_a_batch_that_does_not_match_the_schema(tmp_path):
     table = _annotated(2)
     table = table.set_column(table.schema.get_field_index("lang"), "lang", pa.array([1, 2]))

@@ -324,6 +324,16 @@ def test_multi_task_results_collide_with_neither_inputs_nor_each_others_fields(t
         assert row["label"] == f"gold-{'abc'.index(doc_id) + 1}"
         for column, rows in alone.items():
             assert_nested_close(row[column], {k: v for k, v in rows[doc_id].items() if k != "id"}, column)
+    # a text column named like a field of the tasks that read it
+    shared = {**shared, "text_column": "label"}
+    tasks = {"topic": {"task": "classify", "model": str(classify)}, "entities": {"task": "ner", "model": str(ner)}}
+    together = annotate(*multi_task(MultiConfig(**shared, tasks=tasks)))
+    alone = {"topic": annotate(ClassifyConfig(model=str(classify), **shared), CLASSIFY_TASK),
+             "entities": annotate(NerConfig(model=str(ner), **shared), NER_TASK)}
+    assert sorted(together) == ["a", "b", "c"]
+    for doc_id, row in together.items():
+        for column, rows in alone.items():
+            assert_nested_close(row[column], {k: v for k, v in rows[doc_id].items() if k != "id"}, column)
 
 
 def test_multi_task_shares_a_tokenization_only_between_models_that_tokenize_alike(tmp_path):
