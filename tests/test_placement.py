@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from pipeline.cli import UsageError
 from pipeline.ray_plan import place
+from tests.conftest import write_corpus
 
 
 def test_cpu_cluster_leaves_room_for_tasks_and_threads_follow_cpus():
@@ -100,12 +105,6 @@ def test_half_precision_on_cpu_is_slow_only_without_native_units(monkeypatch):
 def test_the_driver_plans_a_cpu_run_without_importing_torch(ner_checkpoint, tmp_path):
     """torch's import is ≈ 2 s of a 2-core machine's start-up, taken from Ray's workers starting beside it: the
     driver plans a CPU run (`--dtype auto` included) without it; only the model actors import torch."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from tests.conftest import write_corpus
-
     corpus = write_corpus(tmp_path / "corpus", shards=1, rows_per_shard=6)
     script = (
         "import sys\n"
