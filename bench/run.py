@@ -95,12 +95,17 @@ def measure(cmd: list[str], env: dict | None = None, watch=None) -> dict:
     return {"seconds": wall, "peak_rss_mb": peak[0] / 2**20, "peak_pss_mb": peak[1] / 2**20, **json.loads(line[6:])}
 
 
-def contender(name: str, **options) -> dict:
-    cmd = [sys.executable, "-m", "bench.contenders", name]
+def contender_args(name: str, **options) -> list[str]:
+    """`bench.contenders`' arguments for one contender: `name`, then a flag per option (True: a bare flag)."""
+    args = [name]
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
-        cmd += [flag] if value is True else [flag, str(value)]
-    return measure(cmd)
+        args += [flag] if value is True else [flag, str(value)]
+    return args
+
+
+def contender(name: str, **options) -> dict:
+    return measure([sys.executable, "-m", "bench.contenders", *contender_args(name, **options)])
 
 
 def job_command(task: str, corpus: Path, model: Path, output: Path, **flags) -> list[str]:
