@@ -1,6 +1,7 @@
 """The GPU suite: BERT-base NER in bf16 on one GPU — tokens/s, MFU, agreement with fp32, the HF pipeline.
 
-    .venv/bin/python bench/run.py --suite gpu      # on a machine with a CUDA GPU (~15 min on an H100)
+    .venv/bin/python bench/run.py --suite gpu      # on a machine with a CUDA GPU (~6–9 min on an H200)
+    bash bench/device_run.sh                       # on a lent one without a package index (bench/NOTES.md)
 
 What it measures, each in its own process (bench/run.py `measure`):
   - the GPU's matmul FLOP/s (bf16, and fp32 as TF32): the MFU denominator, next to the nominal peak;

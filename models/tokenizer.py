@@ -162,7 +162,7 @@ class Tokenizer:
             if usable <= stride and _lengths(self._backend, [seconds[index]])[0] > usable:
                 raise WindowError(
                     index,
-                    f"pair {index}: the first text has {lengths[first]} tokens, leaving {usable} per window for"
+                    f"the first text has {lengths[first]} tokens, leaving {usable} per window for"
                     f" the second text after the special tokens; it must leave more than stride={stride}",
                 )
 

@@ -182,8 +182,9 @@ def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
     model = dataclasses.replace(model, settings_sha256=settings_with(model.settings_sha256, feed.identity))
     max_length = feed.max_length
     read_columns = tuple(dict.fromkeys((*config.result_columns, config.text_column, *(c for _, c in feed.columns))))
+    texts = {config.text_column, *(c for _, c in feed.columns)}   # validated and kept as strings
     try:
-        files = list_input_files(config.input)
+        files = list_input_files(config.input, config.output)
         footers = scan_footers(files, read_columns)
         schema = files.schema(footers.first_readable)
         required = [("--id-column", config.id_column), ("--text-column", config.text_column)]
@@ -195,7 +196,7 @@ def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
         for flag, column in feed.columns:
             check_text_column(schema, column, flag)
         for flag, column in required[:1] + required[2:]:
-            if "view" in str(schema.field(column).type):
+            if column not in texts and "view" in str(schema.field(column).type):   # texts are kept as strings
                 raise InputError(f"{flag} {column!r} has type {schema.field(column).type}, which the output cannot "
                                  "take; write it as string / binary / list")
         if config.partition_by and not partition_type(schema.field(config.partition_by).type):
@@ -204,17 +205,18 @@ def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
     except (InputError, ValueError) as error:
         raise UsageError(str(error)) from None
 
-    texts = {config.text_column, *(c for _, c in feed.columns)}   # validated and kept as strings
     # Kept columns are nullable: another shard may hold nulls where the first declares none.
     keep_fields = tuple((schema.field(c).with_type(pa.string()) if c in texts else schema.field(c)).with_nullable(True)
                         for c in config.result_columns[1:])
     task_fields = task.fields(config, model) if task.fields else None
     result_schema = results.result_schema(task.name, schema.field(config.id_column), keep_fields, task_fields)
-    clashes = sorted({n for n in result_schema.names if result_schema.names.count(n) > 1})
+    folded = [n.casefold() for n in result_schema.names]   # DuckDB and Spark read `Label` and `label` as one
+    clashes = sorted({n for n in result_schema.names if folded.count(n.casefold()) > 1})
     if clashes:
-        raise UsageError(f"result columns {clashes} would appear twice: an input column kept (--id-column, "
-                         f"--keep-columns, --partition-by) has the name of a result column; rename it")
-    if config.id_column in {f.name for f in results.ERROR_COLUMNS}:
+        raise UsageError(f"result columns {clashes} would appear twice (names are compared ignoring case, as DuckDB "
+                         "and Spark do): an input column kept (--id-column, --keep-columns, --partition-by) has the "
+                         "name of a result column; rename it")
+    if config.id_column.casefold() in {f.name.casefold() for f in results.ERROR_COLUMNS}:
         raise UsageError(f"--id-column {config.id_column!r} has the name of a column of _errors "
                          f"({', '.join(f.name for f in results.ERROR_COLUMNS)}); rename it")
     sink = SinkConfig(

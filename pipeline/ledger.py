@@ -248,7 +248,10 @@ def input_identity(fs, paths: Iterable[str]) -> list[dict]:
     """Path, size and modification time (or ETag on object stores) of every input file."""
     identity = []
     for path in paths:
-        info = fs.info(path)
+        try:
+            info = fs.info(path)
+        except OSError as error:   # a dangling link, a file gone since the listing: an unreadable_file error row
+            info = {"mtime": f"unreadable ({type(error).__name__})"}
         changed = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
         identity.append({"path": path, "size": info.get("size"),
                          "version": str(info.get("ETag") or info.get("etag") or changed)})

@@ -77,9 +77,12 @@ class QaDecode(DocumentDecode):
 
     def decode(self, text: str, windows: list[DecodeWindow]) -> dict:
         config = self.config
+        # An empty context has no span: its windows hold the question alone, where a literal "[CLS]" would pass
+        # as the CLS token (HF's rule) and answer with the question's offsets; only position 0 may then answer.
+        by_id = config.cls_id is not None and text != ""
         qa_windows = [
             QaWindow(w.outputs[:, 0], w.outputs[:, 1], w.offsets, w.sequence_ids, w.word_ids,
-                     None if config.cls_id is None else np.asarray(w.ids) == config.cls_id)
+                     np.asarray(w.ids) == config.cls_id if by_id else None)
             for w in windows
         ]
         answers = decode_answers(text, qa_windows, config.top_k, config.max_answer_len,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import os
 import time
 from collections.abc import Iterator
 from urllib.parse import unquote
@@ -71,27 +72,56 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return protocol in ("file", "local")
 
 
+def _output_place(fs: fsspec.AbstractFileSystem, output: str) -> str | None:
+    """The output folder as a path of the input's filesystem `fs`, or None when it is on another filesystem
+    (or on none: the output's own checks say so, later)."""
+    try:
+        out_fs, path = fsspec.core.url_to_fs(output)
+    except (ValueError, ImportError):
+        return None
+    protocols = [{f.protocol} if isinstance(f.protocol, str) else set(f.protocol) for f in (fs, out_fs)]
+    return _real(fs, path) if protocols[0] == protocols[1] else None
+
+
+def _real(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A path to compare with another: symbolic links resolved on a local disk."""
+    return os.path.realpath(path) if _is_local(fs) else path.rstrip("/")
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
 def _hidden(path: str, root: str) -> bool:
     """Spark/Hive convention: `_`- and `.`-prefixed entries (`_SUCCESS`, `_errors/`, `.tmp`) are not data."""
     relative = path[len(root):] if path.startswith(root) else path
     return any(part.startswith(("_", ".")) for part in relative.strip("/").split("/"))
 
 
-def list_input_files(uri: str) -> InputFiles:
-    """Expand a file, a folder (recursively: every file not hidden) or a glob into sorted files."""
+def list_input_files(uri: str, output: str | None = None) -> InputFiles:
+    """Expand a file, a folder (recursively: every file not hidden) or a glob into sorted files.
+
+    The files of `output` (a job's --output) are never input: an output folder inside the input folder
+    is left out; an output folder that holds the input (or is its folder) is refused, as a run would
+    read its own results and --overwrite would delete the input.
+    """
     fs, path = fsspec.core.url_to_fs(uri)
-    if any(ch in path for ch in GLOB_CHARS):
+    if fs.isdir(path):      # before the glob characters: a folder may be named `corpus [v2]`
+        root = path
+        found = fs.find(path)
+    elif any(ch in path for ch in GLOB_CHARS):
         first_glob = min(path.index(ch) for ch in GLOB_CHARS if ch in path)
         root = path[:first_glob].rsplit("/", 1)[0]
         found = [p for p in fs.glob(path) if fs.isfile(p)]
-    elif fs.isdir(path):
-        root = path
-        found = fs.find(path)
     elif fs.exists(path):
         root, found = path.rsplit("/", 1)[0], [path]
     else:
         raise InputError(f"--input {uri!r}: no such file or folder")
-    paths = tuple(sorted(p for p in found if not _hidden(p, root)))
+    out = _output_place(fs, output) if output else None
+    if out is not None and _under(_real(fs, path if fs.isfile(path) else root), out):
+        raise InputError(f"--output {output!r} holds the input {uri!r}: a run would read its own results and "
+                         "--overwrite would delete the input; choose an output folder outside it")
+    paths = tuple(sorted(p for p in found if not _hidden(p, root) and not (out and _under(_real(fs, p), out))))
     if not paths:
         raise InputError(f"--input {uri!r}: no input files found (`_`- and `.`-prefixed ones are not data)")
     return InputFiles(uri=uri, fs=fs, root=root.rstrip("/"), paths=paths)
@@ -125,6 +155,10 @@ def scan_footers(files: InputFiles, columns: tuple[str, ...]) -> Footers:
             rows.append(None)
             unreadable.append((index, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"))
             continue
+        twice = sorted({c for c in columns if schema.names.count(c) > 1})
+        if twice:
+            raise InputError(f"{files.display(path)} has more than one column named {twice[0]!r}: rewrite the file "
+                             "with one column per name")
         for column in columns:
             kind = str(schema.field(column).type) if column in schema.names else "missing"
             if kind == "null" and rows[-1] == 0:

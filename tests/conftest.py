@@ -34,7 +34,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if not torch.cuda.is_available():
         raise pytest.UsageError(f"-m gpu: torch {torch.__version__} sees no CUDA device here, so every GPU test "
-                                "would be skipped; install a CUDA build of torch (bench/device_wheels.sh)")
+                                "would be skipped; install a CUDA build of torch (on Linux PyPI's torch is one: "
+                                "scripts/setup.sh without TORCH_INDEX_URL)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

