@@ -185,7 +185,7 @@ def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
     texts = {config.text_column, *(c for _, c in feed.columns)}   # validated and kept as strings
     try:
         files = list_input_files(config.input, config.output)
-        footers = scan_footers(files, read_columns)
+        footers = scan_footers(files, read_columns, frozenset(texts))
         schema = files.schema(footers.first_readable)
         required = [("--id-column", config.id_column), ("--text-column", config.text_column)]
         required += [("--keep-columns", c) for c in config.keep_columns]

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from pipeline.ledger import committed_mask
 from pipeline.stage import ERROR, ERROR_TYPE, FILE_INDEX, ROW, SOURCE
+from pipeline.validate import is_text_type
 
 GLOB_CHARS = "*?["
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"   # Hive's folder name for a null value
@@ -143,8 +144,12 @@ class Footers:
     first_readable: int             # the first readable file with rows (its schema is the plan's), else the first readable
 
 
-def scan_footers(files: InputFiles, columns: tuple[str, ...]) -> Footers:
-    """Read every footer on the driver: row counts, unreadable shards, and shards disagreeing on a column's type."""
+def scan_footers(files: InputFiles, columns: tuple[str, ...], texts: frozenset[str] = frozenset()) -> Footers:
+    """Read every footer on the driver: row counts, unreadable shards, and shards disagreeing on a column's type.
+
+    Shards may differ in how they store a text column (`texts`: string, large_string as pandas 3 writes it,
+    dictionary, view, binary; null-typed when every value is null): validation makes each `string`.
+    """
     rows, unreadable, types = [], [], {}
     for index, path in enumerate(files.paths):
         try:
@@ -161,6 +166,8 @@ def scan_footers(files: InputFiles, columns: tuple[str, ...]) -> Footers:
                              "with one column per name")
         for column in columns:
             kind = str(schema.field(column).type) if column in schema.names else "missing"
+            if column in texts and kind != "missing" and (is_text_type(schema.field(column).type) or kind == "null"):
+                kind = "text"
             if kind == "null" and rows[-1] == 0:
                 continue   # pandas writes an empty frame's object columns as null: no type to disagree with
             seen = types.setdefault(column, (kind, path))

@@ -46,7 +46,7 @@ class ValidateText(Stage):
         column = self.config.text_column
         text = table.column(column)
         errors: dict[int, tuple[str, str, str]] = {}
-        if _is_text(text.type):
+        if is_text_type(text.type):
             text, errors = _as_utf8(text, column, self.name)
             table = set_column(table, column, text)
             for i in _positions(pc.is_null(text)):
@@ -72,12 +72,13 @@ class ValidateText(Stage):
 
 def check_text_column(schema: pa.Schema, column: str, flag: str = "--text-column") -> None:
     """A text column that is neither string nor binary is a configuration error, found before any cluster work."""
-    if column in schema.names and not _is_text(schema.field(column).type):
+    if column in schema.names and not is_text_type(schema.field(column).type):
         raise ValueError(f"{flag} {column!r} has type {schema.field(column).type}; "
                          "expected string (or binary holding UTF-8)")
 
 
-def _is_text(kind: pa.DataType) -> bool:
+def is_text_type(kind: pa.DataType) -> bool:
+    """String or binary, of any width or view, or dictionary-encoded: what validation turns into `string`."""
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     return any(check(kind) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,

@@ -235,3 +235,42 @@ def test_an_empty_context_answers_nothing_even_when_the_question_holds_the_cls_t
         for row in rows.values():
             assert (row["answer"], row["start"], row["end"]) == (answer, 0, 0)
             assert row["score"] == pytest.approx(score, abs=1e-6)
+
+
+def mixed_text_corpus(folder: Path) -> Path:
+    """One shard per way of storing a text column (pandas 3 writes large_string, Spark string, pandas a
+    Categorical as dictionary), and one whose texts are all null (pandas writes that column as null-typed)."""
+    kinds = {"string": pa.string(), "large": pa.large_string(), "view": pa.string_view(), "binary": pa.binary()}
+    for name, kind in kinds.items():
+        write(folder / f"{name}.parquet", id=[f"{name}-{i}" for i in range(3)], text=pa.array(TEXTS, kind))
+    write(folder / "dictionary.parquet", id=[f"dictionary-{i}" for i in range(3)],
+          text=pa.array(TEXTS).dictionary_encode())
+    write(folder / "nulls.parquet", id=["null-0", "null-1"], text=pa.nulls(2))
+    return folder
+
+
+def test_shards_that_store_the_text_column_differently_are_one_corpus(tmp_path, ner_checkpoint):
+    """They were refused ("input shards disagree on column 'text': … has string, … has large_string")."""
+    corpus = mixed_text_corpus(tmp_path / "corpus")
+    rows = ner(corpus, ner_checkpoint, tmp_path, keep_columns=("text",))
+    assert sorted(rows) == sorted(f"{k}-{i}" for k in ("string", "large", "view", "binary", "dictionary")
+                                  for i in range(3))   # the null texts are error rows
+    for doc_id, row in rows.items():
+        want = rows[f"string-{doc_id.rsplit('-', 1)[1]}"]
+        assert (row["text"], row["entities"]) == (want["text"], want["entities"])
+
+
+@pytest.mark.ray
+def test_shards_that_store_the_text_column_differently_run_as_one_job(ray_session, tmp_path, ner_checkpoint):
+    import pyarrow.dataset as pads
+
+    from pipeline.job import run_job
+
+    corpus = mixed_text_corpus(tmp_path / "corpus")
+    output = tmp_path / "out"
+    run = run_job(NerConfig(input=str(corpus), output=str(output), model=str(ner_checkpoint),
+                            keep_columns=("text",), docs_per_batch=64), NER_TASK)
+    assert run["complete"] and (run["report"]["results"], run["report"]["errors"]) == (15, 2)
+    table = pads.dataset(output, format="parquet").to_table()
+    assert table.schema.field("text").type == pa.string() and sorted(set(table.column("text").to_pylist())) == \
+        sorted(TEXTS)
