@@ -100,7 +100,8 @@ def _hidden(path: str, root: str) -> bool:
 
 
 def list_input_files(uri: str, output: str | None = None) -> InputFiles:
-    """Expand a file, a folder (recursively: every file not hidden) or a glob into sorted files.
+    """Expand a file (read even when named like a hidden one), a folder (recursively: every file not hidden)
+    or a glob into sorted files.
 
     The files of `output` (a job's --output) are never input: an output folder inside the input folder
     is left out; an output folder that holds the input (or is its folder) is refused, as a run would
@@ -122,7 +123,9 @@ def list_input_files(uri: str, output: str | None = None) -> InputFiles:
     if out is not None and _under(_real(fs, path if fs.isfile(path) else root), out):
         raise InputError(f"--output {output!r} holds the input {uri!r}: a run would read its own results and "
                          "--overwrite would delete the input; choose an output folder outside it")
-    paths = tuple(sorted(p for p in found if not _hidden(p, root) and not (out and _under(_real(fs, p), out))))
+    named = found == [path]   # one file, named by the user
+    paths = tuple(sorted(p for p in found if not (not named and _hidden(p, root)) and
+                         not (out and _under(_real(fs, p), out))))
     if not paths:
         raise InputError(f"--input {uri!r}: no input files found (`_`- and `.`-prefixed ones are not data)")
     return InputFiles(uri=uri, fs=fs, root=root.rstrip("/"), paths=paths)

@@ -62,6 +62,8 @@ def test_list_input_files_folder_glob_file_and_hidden_entries(tmp_path):
     globbed = list_input_files(str(corpus / "lang=*" / "*.parquet"))
     assert len(globbed.paths) == 3 and globbed.partition_values(globbed.paths[2]) == {"lang": "fr"}
     assert len(list_input_files(files.paths[0]).paths) == 1
+    named = str(corpus / "_errors" / "part-0.parquet")   # a file the user names is read, whatever its name
+    assert list_input_files(named).paths == (named,)
     assert files.partition_values(files.paths[2]) == {"lang": "fr"}
     assert "lang" in files.schema().names
     with pytest.raises(InputError, match="no such file"):
