@@ -210,13 +210,13 @@ def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
                         for c in config.result_columns[1:])
     task_fields = task.fields(config, model) if task.fields else None
     result_schema = results.result_schema(task.name, schema.field(config.id_column), keep_fields, task_fields)
-    folded = [n.casefold() for n in result_schema.names]   # DuckDB and Spark read `Label` and `label` as one
-    clashes = sorted({n for n in result_schema.names if folded.count(n.casefold()) > 1})
+    folded = [n.lower() for n in result_schema.names]   # DuckDB and Spark read `Label` and `label` as one
+    clashes = sorted({n for n in result_schema.names if folded.count(n.lower()) > 1})
     if clashes:
         raise UsageError(f"result columns {clashes} would appear twice (names are compared ignoring case, as DuckDB "
                          "and Spark do): an input column kept (--id-column, --keep-columns, --partition-by) has the "
                          "name of a result column; rename it")
-    if config.id_column.casefold() in {f.name.casefold() for f in results.ERROR_COLUMNS}:
+    if config.id_column.lower() in {f.name.lower() for f in results.ERROR_COLUMNS}:
         raise UsageError(f"--id-column {config.id_column!r} has the name of a column of _errors "
                          f"({', '.join(f.name for f in results.ERROR_COLUMNS)}); rename it")
     sink = SinkConfig(

@@ -250,7 +250,7 @@ def input_identity(fs, paths: Iterable[str]) -> list[dict]:
     for path in paths:
         try:
             info = fs.info(path)
-        except OSError as error:   # a dangling link, a file gone since the listing: an unreadable_file error row
+        except FileNotFoundError as error:   # a dangling link, a file gone since the listing: unreadable_file error row
             info = {"mtime": f"unreadable ({type(error).__name__})"}
         changed = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
         identity.append({"path": path, "size": info.get("size"),

@@ -77,9 +77,10 @@ class QaDecode(DocumentDecode):
 
     def decode(self, text: str, windows: list[DecodeWindow]) -> dict:
         config = self.config
-        # An empty context has no span: its windows hold the question alone, where a literal "[CLS]" would pass
-        # as the CLS token (HF's rule) and answer with the question's offsets; only position 0 may then answer.
-        by_id = config.cls_id is not None and text != ""
+        # A context without tokens (empty, whitespace) has no span: its windows hold the question alone, where a
+        # literal "[CLS]" would pass as the CLS token (HF's rule) and answer with the question's offsets; only
+        # position 0 may then answer.
+        by_id = config.cls_id is not None and any((np.asarray(w.sequence_ids) == 1).any() for w in windows)
         qa_windows = [
             QaWindow(w.outputs[:, 0], w.outputs[:, 1], w.offsets, w.sequence_ids, w.word_ids,
                      np.asarray(w.ids) == config.cls_id if by_id else None)

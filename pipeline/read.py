@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.ledger import committed_mask
+from pipeline.ledger import JOB_COPY, JOB_FILE, PROGRESS_DIR, committed_mask
 from pipeline.stage import ERROR, ERROR_TYPE, FILE_INDEX, ROW, SOURCE
 from pipeline.validate import is_text_type
 
@@ -73,24 +73,27 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return protocol in ("file", "local")
 
 
-def _output_place(fs: fsspec.AbstractFileSystem, output: str) -> str | None:
-    """The output folder as a path of the input's filesystem `fs`, or None when it is on another filesystem
-    (or on none: the output's own checks say so, later)."""
+def _output_places(fs: fsspec.AbstractFileSystem, output: str) -> tuple[str, ...]:
+    """The output folder as paths of the input's filesystem `fs`, none when it is on another filesystem (or on
+    none: the output's own checks say so, later)."""
     try:
         out_fs, path = fsspec.core.url_to_fs(output)
     except (ValueError, ImportError):
-        return None
+        return ()
     protocols = [{f.protocol} if isinstance(f.protocol, str) else set(f.protocol) for f in (fs, out_fs)]
-    return _real(fs, path) if protocols[0] == protocols[1] else None
+    return _places(fs, path) if protocols[0] == protocols[1] else ()
 
 
-def _real(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """A path to compare with another: symbolic links resolved on a local disk."""
-    return os.path.realpath(path) if _is_local(fs) else path.rstrip("/")
+def _places(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, ...]:
+    """A path as written and, on a local disk, with its links resolved: a path is under a folder if any of its
+    places is under any of the folder's (a linked input file counts where the link is and where it points)."""
+    if not _is_local(fs):
+        return (path.rstrip("/"),)
+    return tuple({os.path.abspath(path), os.path.realpath(path)})
 
 
-def _under(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
+def _under(places: tuple[str, ...], folders: tuple[str, ...]) -> bool:
+    return any(p == f or p.startswith(f.rstrip("/") + "/") for p in places for f in folders)
 
 
 def _hidden(path: str, root: str) -> bool:
@@ -104,8 +107,9 @@ def list_input_files(uri: str, output: str | None = None) -> InputFiles:
     or a glob into sorted files.
 
     The files of `output` (a job's --output) are never input: an output folder inside the input folder
-    is left out; an output folder that holds the input (or is its folder) is refused, as a run would
-    read its own results and --overwrite would delete the input.
+    is left out once a run made it (its ledger is there); an output folder that holds input files (or is
+    the input's folder) is refused otherwise, as a run would read its own results and --overwrite would
+    delete the input.
     """
     fs, path = fsspec.core.url_to_fs(uri)
     if fs.isdir(path):      # before the glob characters: a folder may be named `corpus [v2]`
@@ -119,13 +123,16 @@ def list_input_files(uri: str, output: str | None = None) -> InputFiles:
         root, found = path.rsplit("/", 1)[0], [path]
     else:
         raise InputError(f"--input {uri!r}: no such file or folder")
-    out = _output_place(fs, output) if output else None
-    if out is not None and _under(_real(fs, path if fs.isfile(path) else root), out):
+    named = found == [path]   # one file, named by the user
+    paths = [p for p in found if named or not _hidden(p, root)]
+    outs = _output_places(fs, output) if output else ()
+    ours = [p for p in paths if _under(_places(fs, p), outs)]
+    # Files under the output are an earlier run's results (its ledger says so) or input the output would delete.
+    ledger = bool(ours) and any(fs.exists(f"{outs[0]}/{PROGRESS_DIR}/{name}") for name in (JOB_FILE, JOB_COPY))
+    if _under(_places(fs, root), outs) or (ours and not ledger):
         raise InputError(f"--output {output!r} holds the input {uri!r}: a run would read its own results and "
                          "--overwrite would delete the input; choose an output folder outside it")
-    named = found == [path]   # one file, named by the user
-    paths = tuple(sorted(p for p in found if not (not named and _hidden(p, root)) and
-                         not (out and _under(_real(fs, p), out))))
+    paths = tuple(sorted(p for p in paths if p not in ours))
     if not paths:
         raise InputError(f"--input {uri!r}: no input files found (`_`- and `.`-prefixed ones are not data)")
     return InputFiles(uri=uri, fs=fs, root=root.rstrip("/"), paths=paths)
@@ -169,7 +176,7 @@ def scan_footers(files: InputFiles, columns: tuple[str, ...], texts: frozenset[s
                              "with one column per name")
         for column in columns:
             kind = str(schema.field(column).type) if column in schema.names else "missing"
-            if column in texts and kind != "missing" and (is_text_type(schema.field(column).type) or kind == "null"):
+            if column in texts and kind != "missing" and is_text_type(schema.field(column).type):
                 kind = "text"
             if kind == "null" and rows[-1] == 0:
                 continue   # pandas writes an empty frame's object columns as null: no type to disagree with

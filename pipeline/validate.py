@@ -78,10 +78,11 @@ def check_text_column(schema: pa.Schema, column: str, flag: str = "--text-column
 
 
 def is_text_type(kind: pa.DataType) -> bool:
-    """String or binary, of any width or view, or dictionary-encoded: what validation turns into `string`."""
+    """String or binary, of any width or view, or dictionary-encoded, or null-typed (every value null: pandas writes
+    such a column so): what validation turns into `string`."""
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
-    return any(check(kind) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
+    return any(check(kind) for check in (pa.types.is_null, pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
                                          pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view))
 
 

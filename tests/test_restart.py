@@ -137,13 +137,17 @@ def test_finished_output_is_not_recomputed_other_model_refuses_overwrite_replace
     refused = run_job(corpus, ner_checkpoint, reference, "--aggregation", "first")
     assert refused.returncode != 0 and "--aggregation 'simple'" in refused.stdout
 
-    output = tmp_path / "copy"   # a finished output of another model: --overwrite replaces it whole
+    output = tmp_path / "copy"   # another model's output, cut short as a kill leaves it: --overwrite replaces it whole
     shutil.copytree(reference, output)
+    for name in ("_SUCCESS", "_run.json", sorted((output / "_progress").glob("0*.json"))[-1]):
+        (output / name).unlink()                                  # not finished; the last commit never happened
+    (output / ".part-00003-000000000010.parquet.abc.tmp").write_bytes(b"cut")   # a write in progress
     replaced = run_job(corpus, other, output, "--overwrite")
     assert replaced.returncode == 0, replaced.stdout[-3000:]
     run = json.loads((output / "_run.json").read_text())
     assert len(run["runs"]) == 1 and run["runs"][0]["rows_processed"] == SHARDS * ROWS
     assert run["model"]["sha256"] != before["model"]["sha256"]
+    assert len(read_output(output)[0]) + len(read_output(output)[1]) == SHARDS * ROWS and not list(output.rglob("*.tmp"))
 
 
 def test_a_crash_on_every_batch_ends_in_error_rows_after_bounded_passes(corpus, ner_checkpoint, tmp_path):
