@@ -8,7 +8,9 @@
 # 2. says what torch and Ray see (a Ray that misses the GPU would refuse every --device cuda run);
 # 3. the gpu-marked tests (tests/test_gpu_infer.py: the only module whose imports all exist there);
 # 4. the GPU suite (bench/gpu.py), sized by NER_DOCS / HF_DOCS: its steps are saved one by one, so a suite
-#    cut off by SUITE_SECONDS still brings back the steps it finished (`--resume` goes on while the machine is warm).
+#    cut off by SUITE_SECONDS still brings back the steps it finished (RESUME=1 goes on while the machine is warm,
+#    with the same sizes: steps are saved by name). The parts' timeouts (60 + 200 + 300 s) keep the command
+#    under the device tool's 600 s.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/bertbatch-device}
@@ -16,7 +18,7 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD   # Ray's workers import the project from the working tree too
 export RAY_DATA_DISABLE_PROGRESS_BARS=1
-timeout 120 python3 - <<'EOF' 2>&1 | tee "$OUT/env.txt"
+timeout 60 python3 - <<'EOF' 2>&1 | tee "$OUT/env.txt"
 import ray
 import torch
 import transformers
