@@ -82,8 +82,9 @@ def is_text_type(kind: pa.DataType) -> bool:
     such a column so): what validation turns into `string`."""
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
-    return any(check(kind) for check in (pa.types.is_null, pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
-                                         pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view))
+    return any(check(kind) for check in (pa.types.is_null, pa.types.is_string, pa.types.is_large_string,
+                                         pa.types.is_string_view, pa.types.is_binary, pa.types.is_large_binary,
+                                         pa.types.is_binary_view))
 
 
 def _as_utf8(text: pa.ChunkedArray, column: str, stage: str) -> tuple[pa.ChunkedArray, dict]:
