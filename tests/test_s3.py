@@ -270,3 +270,26 @@ def test_a_multi_task_job_opens_its_models_with_the_storage_options(s3, uploaded
     assert task.inspect(None).fingerprint   # each model was read (fingerprinted) through the options
     with pytest.raises(ValueError, match="storage_options"):
         MultiConfig(input="in/", output="out/", storage_options="[1]", tasks={"e": {"task": "ner", "model": "m"}})
+
+
+def test_an_output_beside_or_inside_the_input_on_s3(s3, uploaded, tmp_path: Path, monkeypatch) -> None:
+    """The output/input overlap rules hold on an object store (keys, no links; s3 and s3a are one store)."""
+    from pipeline.read import InputError, list_input_files
+
+    server, _ = s3
+    for key, value in aws_env(server.endpoint, tmp_path).items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = client(server.endpoint)
+    table = pa.table({"id": ["a"], "text": ["John Smith works in Paris."]})
+    for key in ("overlap/in/a.parquet", "overlap/in/out/part-00000-000000000000.parquet", "overlap/in2/b.parquet"):
+        with fs.open(f"{BUCKET}/{key}", "wb") as handle:
+            pq.write_table(table, handle)
+    base = f"s3://{BUCKET}/overlap"
+    for output in (f"{base}/in", base, f"{base}/in/out"):   # the input's folder, above it, a folder of input files
+        with pytest.raises(InputError, match="holds the input"):
+            list_input_files(f"{base}/in", output)
+    fs.pipe(f"{BUCKET}/overlap/in/out/_progress/_job.json", b"{}")   # a run made it: its results are not input
+    for output in (f"{base}/in/out", f"s3a://{BUCKET}/overlap/in/out"):
+        assert list_input_files(f"{base}/in", output).paths == (f"{BUCKET}/overlap/in/a.parquet",)
+    assert list_input_files(f"{base}/in2", f"{base}/in").paths == (f"{BUCKET}/overlap/in2/b.parquet",)
