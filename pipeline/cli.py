@@ -42,7 +42,7 @@ def build_parser(config_cls: type[BaseModel], prog: str, description: str) -> ar
         elif kind is tuple:
             parser.add_argument(flag, dest=name, nargs="*", metavar="VALUE", default=argparse.SUPPRESS, help=help_text)
         else:
-            literal = _without_none(field.annotation)
+            literal = without_none(field.annotation)
             choices = typing.get_args(literal) if typing.get_origin(literal) is typing.Literal else None
             parser.add_argument(flag, dest=name, choices=choices, metavar=_metavar(name, choices),
                                 default=argparse.SUPPRESS, help=help_text)
@@ -54,7 +54,9 @@ def parse_config(config_cls: type[BaseModel], argv: list[str], prog: str, descri
     args = vars(build_parser(config_cls, prog, description).parse_args(argv))
     values: dict = {}
     config_file = args.pop("config", None)
-    if config_file:
+    if config_file is not None:
+        if not config_file.strip():
+            raise UsageError("--config '': name a YAML file")
         values.update(_read_yaml(config_file, config_cls))
     for alternatives in getattr(config_cls, "ALTERNATIVES", ()):   # flags win: one given replaces the YAML's other
         if args.keys() & set(alternatives):
@@ -104,17 +106,40 @@ _RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
 
 
 def _read_yaml(path: str, config_cls: type[BaseModel]) -> dict:
+    from pipeline.config import underscored
+
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeys) or {}
     except (OSError, yaml.YAMLError) as error:
-        raise UsageError(f"--config {path}: {str(error).splitlines()[0]}") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        why = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UsageError(f"--config {path}: {why}{where}") from None
     if not isinstance(data, dict):
         raise UsageError(f"--config {path}: expected a mapping of option names to values")
-    values = {str(key).replace("-", "_"): value for key, value in data.items()}
+    try:
+        values = underscored(data, f"--config {path}")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     unknown = sorted(set(values) - set(config_cls.model_fields))
     if unknown:
         raise UsageError(f"--config {path}: unknown options {unknown}; allowed: {sorted(config_cls.model_fields)}")
     return values
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (it would keep the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue   # the base class refuses it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def validation_message(error: ValidationError) -> str:
@@ -125,7 +150,11 @@ def validation_message(error: ValidationError) -> str:
 def _one_line(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
-        where = "--" + "-".join(str(p) for p in item["loc"]).replace("_", "-") if item["loc"] else "config"
+        loc = [str(p) for p in item["loc"]]
+        if loc[:1] == ["tasks"]:   # YAML only: its path in the file
+            where = ".".join(loc)
+        else:
+            where = "--" + "-".join(loc).replace("_", "-") if loc else "config"
         message = item["msg"].removeprefix("Value error, ")
         shown = item["loc"] and item["type"] != "missing" and item["loc"][0] not in SECRET_OPTIONS
         got = f" (got {item['input']!r})" if shown else ""
@@ -137,7 +166,7 @@ def _kind(annotation) -> type | str | None:
     origin = typing.get_origin(annotation)
     if annotation is bool:
         return bool
-    if _without_none(annotation) is bool and annotation is not bool:
+    if without_none(annotation) is bool and annotation is not bool:
         return "bool | None"
     if annotation is dict or origin is dict:
         return dict
@@ -146,7 +175,7 @@ def _kind(annotation) -> type | str | None:
     return None
 
 
-def _without_none(annotation):
+def without_none(annotation):
     """`X | None` -> X (one X only); anything else unchanged."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:

@@ -12,14 +12,35 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, field_validator, model_validator
 
 from pipeline.classify_decode import FUNCTIONS, WINDOW_AGGREGATIONS
+from pipeline.cli import without_none
 from pipeline.embed_decode import LONG_TEXT_MODES
 from pipeline.infer import DEVICES, DTYPES
 from pipeline.ner_decode import AGGREGATIONS
 from pipeline.storage import StorageOptions
 
+INT64_MAX = 2**63 - 1   # what Arrow compute and torch take as an integer
+# Paths and column names: an empty one would silently mean the current folder, or no column.
+NAMES = ("input", "output", "model", "text_column", "id_column", "text_pair_column", "question_column", "prompt_name")
+
 
 class _SharedChecks(BaseModel):
     """Checks of options a multi-task config shares with JobConfig (create_model copies fields, not validators)."""
+
+    @field_validator("*", mode="wrap")
+    @classmethod
+    def _no_loose_values(cls, value, handler, info):
+        """pydantic would read YAML's `true` as the number 1 and "yes" as true; a number past int64 fails in Arrow."""
+        kind = without_none(cls.model_fields[info.field_name].annotation)
+        if isinstance(value, bool) and kind in (int, float):
+            raise ValueError("expected a number, got a boolean")
+        if kind is bool and value is not None and not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        if info.field_name in NAMES and isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty")
+        value = handler(value)
+        if kind is int and isinstance(value, int) and abs(value) > INT64_MAX:
+            raise ValueError(f"at most {INT64_MAX}")
+        return value
 
     @field_validator("keep_columns", mode="before", check_fields=False)
     @classmethod
@@ -53,9 +74,10 @@ class JobConfig(_SharedChecks):
     model: str = Field(description="folder with a Hugging Face checkpoint (config.json, weights, tokenizer)")
     text_column: str = Field("text", description="column holding the text to annotate")
     id_column: str = Field("id", description="column identifying each row; copied into results and errors")
-    keep_columns: tuple[str, ...] = Field((), description="input columns copied unchanged into the results")
-    max_chars: int = Field(
-        100_000, ge=1, description="longer texts become error rows (text_too_long) instead of being annotated")
+    keep_columns: tuple[str, ...] = Field(
+        (), description="input columns copied unchanged into the results (space- or comma-separated)")
+    max_chars: int = Field(100_000, ge=1, description="texts longer than this many characters (code points) become "
+                                                     "error rows (text_too_long) instead of being annotated")
     max_length: int | None = Field(
         None, ge=8, description="tokens per window, special tokens included (default: the model's maximum)")
     stride: int = Field(0, ge=0, description="tokens shared by consecutive windows of a long text")
@@ -100,6 +122,15 @@ class JobConfig(_SharedChecks):
             raise ValueError(f"column names starting with '_' are reserved for the pipeline: {internal}")
         if self.id_column in self.keep_columns:
             raise ValueError(f"keep_columns: {self.id_column!r} is the id column, always kept")
+        twice = sorted({c for c in self.keep_columns if self.keep_columns.count(c) > 1})
+        if twice:
+            raise ValueError(f"keep_columns: {twice} named twice")
+        if self.dtype == "int8" and self.device == "cuda":
+            raise ValueError("dtype int8 (dynamic quantisation) runs on CPU only; use --device cpu or --dtype bfloat16")
+        texts = {self.text_column, getattr(self, "text_pair_column", None), getattr(self, "question_column", None)}
+        if self.partition_by is not None and self.partition_by in texts | {self.id_column}:
+            raise ValueError(f"partition_by={self.partition_by!r}: the text or id column would make a folder per "
+                             "document; partition by a column of few values (a date, a language, a source)")
         if self.partition_by is not None and (not self.partition_by or self.partition_by.startswith(("_", "."))
                                               or "/" in self.partition_by or "=" in self.partition_by):
             # its folders would be hidden from readers ('_', '.'), nested ('/') or misread ('=')
@@ -120,7 +151,8 @@ class NerConfig(JobConfig):
     aggregation: Literal[AGGREGATIONS] = Field(
         "simple", description="how token tags become entities, as the HF token-classification pipeline "
         "(whose default is none: per-token tags, which it refuses for windowed long texts)")
-    ignore_labels: tuple[str, ...] = Field(("O",), description="labels never reported as entities")
+    ignore_labels: tuple[str, ...] = Field(
+        ("O",), description="labels never reported as entities (space- or comma-separated)")
 
     @field_validator("ignore_labels", mode="before")
     @classmethod
@@ -138,6 +170,12 @@ class ClassifyConfig(JobConfig):
     window_aggregation: Literal[WINDOW_AGGREGATIONS] = Field(
         "mean", description="one label per long document: mean of window probabilities, max per label, "
         "or the first window only")
+
+    @model_validator(mode="after")
+    def _top_k_or_all(self):
+        if self.all_labels and "top_k" in self.model_fields_set and self.top_k is not None:
+            raise ValueError(f"give one of --top-k {self.top_k} and --all-labels")
+        return self
 
     @property
     def effective_top_k(self) -> int | None:
@@ -157,7 +195,7 @@ class QaConfig(JobConfig):
     doc_stride: int | None = Field(
         None, ge=0, description="context tokens shared by consecutive windows (default: min(max_length // 2, 128))")
     max_answer_len: int = Field(15, ge=1, description="longest answer, in tokens")
-    max_question_len: int = Field(64, ge=1, description="accepted for HF compatibility; fast tokenizers "
+    max_question_len: int = Field(64, ge=1, description="in tokens; accepted for HF compatibility: fast tokenizers "
                                   "reject a question that leaves no room for the context")
     handle_impossible_answer: bool = Field(False, description="allow 'no answer' (answer null) to win")
 
@@ -185,7 +223,9 @@ class EmbedConfig(JobConfig):
     long_text: Literal[LONG_TEXT_MODES] = Field(
         "truncate", description="truncate: first window only, as sentence-transformers; mean: token-weighted "
         "mean of all windows")
-    embedding_dtype: Literal["float32", "float16"] = Field("float32", description="type of the stored embedding")
+    embedding_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="type of the stored embedding; float16 halves the storage, but Spark cannot read "
+                               "Parquet's float16 (DuckDB, pyarrow and pandas can)")
     prompt_name: str | None = Field(
         None, description="put the model's prompt of that name (config_sentence_transformers.json) before every "
                           "text, as sentence-transformers' encode(prompt_name=...) (default: its default_prompt_name)")
@@ -240,10 +280,10 @@ class _MultiBase(_SharedChecks):
         taken = {self.id_column, *self.keep_columns, *([self.partition_by] if self.partition_by else [])}
         configs = []
         for column, entry in self.tasks.items():
-            if column.startswith("_") or column in taken:
-                raise ValueError(f"tasks.{column}: result column names must not start with '_' nor repeat "
-                                 f"an input column kept in the results ({sorted(taken)})")
-            entry = {str(k).replace("-", "_"): v for k, v in (entry or {}).items()}
+            if not column.strip() or column.startswith("_") or column in taken:
+                raise ValueError(f"tasks.{column!r}: result column names must not start with '_' nor repeat an input "
+                                 f"column kept in the results ({sorted(taken)}), nor be empty")
+            entry = underscored(entry or {}, f"tasks.{column}")
             kind = entry.pop("task", None)
             if kind not in TASK_CONFIGS:
                 raise ValueError(f"tasks.{column}.task={kind!r}: expected one of {', '.join(TASK_CONFIGS)}")
@@ -263,6 +303,17 @@ class _MultiBase(_SharedChecks):
 
 MultiConfig = create_model("MultiConfig", __base__=_MultiBase, **_multi_fields())
 MultiConfig.__doc__ = "Several tasks over one read and one write of the corpus: shared options + `tasks`."
+
+
+def underscored(options: dict, where: str) -> dict:
+    """Option names with dashes as underscores (YAML takes both); one option given both ways is refused."""
+    names = {}
+    for key in options:
+        name = str(key).replace("-", "_")
+        if name in names:
+            raise ValueError(f"{where}: {names[name]!r} and {key!r} are the same option")
+        names[name] = key
+    return {name: options[key] for name, key in names.items()}
 
 
 def _comma_list(value):

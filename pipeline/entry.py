@@ -8,17 +8,23 @@ from collections.abc import Callable
 from pydantic import BaseModel
 
 from pipeline.cli import UsageError, fail, one_line_reason, parse_config
+from pipeline.lease import OutputBusy
+
+BUSY = 75   # EX_TEMPFAIL: another run holds the output; try again later
 
 
 def job_main(argv: list[str], prog: str, description: str, config_cls: type[BaseModel],
              to_job: Callable[[BaseModel], tuple]) -> dict:
-    """Run the job that `to_job(config)` -> (JobConfig, Task) names; exit 2 on usage errors, 1 on others."""
+    """Run the job that `to_job(config)` -> (JobConfig, Task) names; exit 2 on usage errors, 75 when another run
+    holds the output, 1 on other failures."""
     from pipeline.job import run_job
 
     try:
         config = parse_config(config_cls, argv, prog, description)
         job_config, task = to_job(config)
         run = run_job(job_config, task)
+    except OutputBusy as error:   # temporary: the other run ends, or its lease expires
+        fail(prog, str(error), status=BUSY)
     except (UsageError, FileExistsError) as error:
         fail(prog, str(error))
     except Exception as error:  # noqa: BLE001 - infrastructure failure: traceback above, one-line reason last

@@ -19,6 +19,7 @@ import hashlib
 import json
 
 from pipeline.classify_task import CLASSIFY_TASK
+from pipeline.cli import UsageError
 from pipeline.config import JobConfig, MultiConfig
 from pipeline.embed_task import EMBED_TASK
 from pipeline.infer import InferConfig
@@ -50,8 +51,11 @@ def multi_task(config: MultiConfig) -> tuple[JobConfig, Task]:
     stages, descriptions, max_lengths, columns, max_tokens, weight_bytes = [], [], {}, {}, [], []
     for column, name, task_config in entries:
         task = TASKS[name]
-        model = inspect_model(task_config.model, task.model_task)
-        feed = task.feed(task_config, model)
+        try:
+            model = inspect_model(task_config.model, task.model_task)
+            feed = task.feed(task_config, model)
+        except UsageError as error:   # its flags are this task's keys in the YAML file
+            raise UsageError(f"tasks.{column}: {error}") from None
         fields = task.fields(task_config, model) if task.fields else task_fields(name)
         infer = InferConfig(model.folder, task.model_task, task_config.batch_tokens, task_config.device,
                             task_config.dtype, model_options=feed.model_options)

@@ -106,6 +106,14 @@ def _feed(config, model: ModelInfo) -> Feed:
         raise UsageError(f"--max-length/--doc-stride: {error}") from None
     if max_length > model.max_tokens:
         raise UsageError(f"--max-length {max_length}: this model takes at most {model.max_tokens} tokens")
+    # A window must hold the question and more context tokens than the stride; the constant question (else the
+    # shortest one) against a context that needs windows, as the rows would meet it.
+    try:
+        tokenizer.encode_windows([config.question or "x"], pairs=["x " * max_length], max_length=max_length,
+                                 stride=stride)
+    except ValueError as error:
+        flags = "--max-length/--doc-stride" + ("/--question" if config.question else "")
+        raise UsageError(f"{flags}: {error}") from None
     tokenize = QaTokenizeConfig(model.folder, config.text_column, config.question_column, config.question,
                                 max_length, stride)
     columns = (("--question-column", config.question_column),) if config.question_column else ()

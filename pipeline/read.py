@@ -61,11 +61,17 @@ class InputFiles:
     def schema(self, index: int = 0) -> pa.Schema:
         """A file's schema (the first file's by default) plus its hive partition keys (as strings)."""
         with self.fs.open(self.paths[index], "rb") as handle:
-            schema = pq.read_schema(handle)
+            schema = open_parquet(handle).schema_arrow
         for key in self.partition_values(self.paths[index]):
             if key not in schema.names:
                 schema = schema.append(pa.field(key, pa.string()))
         return schema
+
+
+def open_parquet(handle) -> pq.ParquetFile:
+    """A Parquet file whose INT96 timestamps (Spark's and Hive's default) read as microseconds, what they hold
+    from Spark: as nanoseconds (pyarrow's default) a kept timestamp would make the results unreadable to Spark."""
+    return pq.ParquetFile(handle, coerce_int96_timestamp_unit="us")
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -165,7 +171,7 @@ def scan_footers(files: InputFiles, columns: tuple[str, ...], texts: frozenset[s
         try:
             schema = files.schema(index)
             with files.fs.open(path, "rb") as handle:
-                rows.append(pq.ParquetFile(handle).metadata.num_rows)
+                rows.append(open_parquet(handle).metadata.num_rows)
         except (OSError, pa.ArrowException) as error:
             rows.append(None)
             unreadable.append((index, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"))
@@ -209,7 +215,7 @@ class ReadFile:
         partitions = self.files.partition_values(path)
         done = list(dict(self.committed).get(file_index, ()))
         with self.files.fs.open(path, "rb") as handle:
-            parquet = pq.ParquetFile(handle)
+            parquet = open_parquet(handle)
             in_file = [c for c in self.columns if c in parquet.schema_arrow.names]
             first_row, buffered = 0, []
             groups = (t for g in range(parquet.num_row_groups) for t in self._row_group(parquet, path, g, in_file))
@@ -241,7 +247,7 @@ class ReadFile:
         for attempt in range(READ_ATTEMPTS):
             if attempt:
                 time.sleep(0.5 * attempt)
-                parquet = pq.ParquetFile(reopened.enter_context(self.files.fs.open(path, "rb")))
+                parquet = open_parquet(reopened.enter_context(self.files.fs.open(path, "rb")))
             try:
                 skip = read
                 for batch in parquet.iter_batches(batch_size=self.block_rows, row_groups=[group], columns=columns):

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import re
 import uuid
-from urllib.parse import quote
 
 import fsspec
 import numpy as np
@@ -91,7 +90,7 @@ class ResultWriter(Stage):
         """Rows whose partition value makes a folder name too long for the filesystem (an object key too long
         for the object store) become error rows."""
         column = self.config.partition_by
-        keys = table.column(column).cast(pa.string())
+        keys = _partition_keys(table.column(column))
         errors = {}
         for value in pc.unique(keys).to_pylist():
             if why := self._too_long(self._folder(value)):
@@ -111,7 +110,7 @@ class ResultWriter(Stage):
             if size > FOLDER_NAME_BYTES else None
 
     def _folder(self, value: str | None) -> str:
-        return f"{self.config.partition_by}={NULL_PARTITION if value is None else quote(value, safe='')}"
+        return f"{self.config.partition_by}={NULL_PARTITION if value is None else hive_escape(value)}"
 
     def _write_results(self, ok: pa.Table) -> list[str]:
         schema = self.config.result_schema
@@ -121,7 +120,7 @@ class ResultWriter(Stage):
         if column is None:
             return self._write(table, "", schema, ok)
         files = []
-        keys = table.column(column).cast(pa.string())
+        keys = _partition_keys(table.column(column))
         for value in pc.unique(keys).to_pylist():
             mask = pc.is_null(keys) if value is None else pc.fill_null(pc.equal(keys, value), False)
             folder = self._folder(value)
@@ -165,6 +164,21 @@ class ResultWriter(Stage):
                 self.fs.mv(temporary, final)
             written.append(final)
         return written
+
+
+# What Hive and Spark escape in a partition folder name (FileUtils.escapePathName), as %XX; they read %XX back as one
+# character, so other characters stay as they are (percent-encoded UTF-8 came back garbled in Spark: café → cafÃ©).
+_HIVE_ESCAPED = frozenset(map(chr, range(0x20))) | frozenset('"#%\'*/:=?\\\x7f{[]^')
+
+
+def hive_escape(value: str) -> str:
+    return "".join(f"%{ord(c):02X}" if c in _HIVE_ESCAPED else c for c in value)
+
+
+def _partition_keys(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Folder values as text; an empty one is null, as Spark writes it (Spark refuses to read a folder `COL=`)."""
+    keys = column.cast(pa.string())
+    return pc.if_else(pc.equal(keys, ""), pa.scalar(None, pa.string()), keys)
 
 
 def _count_errors(errors: pa.Table, kinds: tuple[str, ...]) -> int:

@@ -39,8 +39,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The Airflow test last: .ci/run builds its virtual environment beside the rest of the suite."""
-    items.sort(key=lambda item: item.get_closest_marker("airflow") is not None)   # stable: the rest keep their order
+    """The Spark and Airflow tests last: .ci/run builds their virtual environments beside the rest of the suite."""
+    last = ("spark", "airflow")   # stable sort: the rest keep their order
+    items.sort(key=lambda item: sum(1 + i for i, m in enumerate(last) if item.get_closest_marker(m)))
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """The Airflow DAG (infra/airflow/dags/bertbatch_ner.py) run by a real Airflow against a real local Ray.
 
 Airflow lives in its own virtual environment, `.venv-airflow/` in the repository root
-(tests/airflow_venv.py: built on first use, or ahead by .ci/run beside the suite). The test starts
+(tests/side_venvs.py: built on first use, or ahead by .ci/run beside the suite). The test starts
 a one-node Ray with `ray start --head` (token auth on, see tests/ray_cluster.py), runs
 `airflow dags test bertbatch_ner <date>` with AIRFLOW_HOME and its sqlite database in tmp_path,
 and checks that the job wrote the partition of that date: every input id, `_SUCCESS`.
@@ -20,9 +20,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from tests.airflow_venv import airflow_venv
 from tests.checkpoints import make_checkpoint
 from tests.ray_cluster import RAY, LoopbackCluster
+from tests.side_venvs import side_venv
 
 pytestmark = [pytest.mark.airflow, pytest.mark.timeout(1200)]
 
@@ -63,7 +63,7 @@ def write_partition(root: Path, date: str) -> set[str]:
 
 def test_dag_runs_the_ner_job_for_its_logical_date(head: LoopbackCluster, tmp_path: Path) -> None:
     try:
-        bin_dir = airflow_venv()
+        bin_dir = side_venv("airflow")
     except RuntimeError as error:
         pytest.fail(str(error))
     model, _ = make_checkpoint(tmp_path / "model", "bert", "ner")
@@ -102,3 +102,11 @@ def test_dag_runs_the_ner_job_for_its_logical_date(head: LoopbackCluster, tmp_pa
     written = pads.dataset(output, format="parquet").to_table(columns=["id"]).column("id").to_pylist()
     assert sorted(written) == sorted(ids)
     assert not (tmp_path / "out" / "date=2026-01-03").exists()
+
+    # A configuration error (exit 2) fails the task for good: a retry would fail the same way.
+    env["BERTBATCH_EXTRA_ARGS"] = "--max-length 4"
+    run = airflow("dags", "test", DAG_ID, "2026-01-03", timeout=900)
+    log = run.stdout + run.stderr
+    assert "--max-length: Input should be greater than or equal to 8" in log, log[-8000:]
+    assert "a configuration error: not retried" in log and "AirflowFailException" in log, log[-8000:]
+    assert not (tmp_path / "out" / "date=2026-01-03" / "_SUCCESS").exists()

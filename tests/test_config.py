@@ -110,3 +110,68 @@ def test_a_multi_task_run_without_tasks_names_the_yaml_section_not_a_flag():
         parse_config(MultiConfig, ["--input", "in", "--output", "out"], "multi_corpus.py", "")
     assert str(error.value).startswith("`tasks` is required in the --config YAML file: result column ->")
     assert "--tasks" not in str(error.value)
+
+
+@pytest.mark.parametrize(("yaml_text", "message"), [
+    ("max_chars: true\n", "--max-chars: expected a number, got a boolean"),    # pydantic would make it 1
+    ("batch_tokens: true\n", "--batch-tokens: expected a number, got a boolean"),
+    ("overwrite: 'yes'\n", "--overwrite: expected true or false"),             # pydantic would make it true
+    ("batch-tokens: 100\nbatch_tokens: 200\n", "'batch-tokens' and 'batch_tokens' are the same option"),
+    ("batch_tokens: 100\nbatch_tokens: 200\n", "key 'batch_tokens' given twice (line 2, column 1)"),
+])
+def test_yaml_values_are_taken_as_written(tmp_path, yaml_text, message):
+    (tmp_path / "job.yaml").write_text(yaml_text)
+    with pytest.raises(UsageError) as error:
+        parse(*REQUIRED, "--config", str(tmp_path / "job.yaml"))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--input", ""], "--input: must not be empty"),          # os.path.abspath('') is the current folder
+    (["--output", " "], "--output: must not be empty"),
+    (["--text-column", ""], "--text-column: must not be empty"),
+    (["--config", ""], "--config '': name a YAML file"),
+    (["--max-chars", "99999999999999999999"], "--max-chars: at most 9223372036854775807"),  # Arrow's int64
+    (["--partition-by", "text"], "the text or id column would make a folder per document"),
+    (["--partition-by", "id"], "the text or id column would make a folder per document"),
+    (["--keep-columns", "date", "date"], "['date'] named twice"),
+    (["--dtype", "int8", "--device", "cuda"], "dtype int8 (dynamic quantisation) runs on CPU only"),
+])
+def test_empty_huge_and_contradictory_values_are_refused(argv, message):
+    with pytest.raises(UsageError) as error:
+        parse(*REQUIRED, *argv)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_task_options_that_contradict_or_name_nothing_are_refused():
+    from pipeline.config import ClassifyConfig, QaConfig
+
+    def refused(config_cls, *argv):
+        with pytest.raises(UsageError) as error:
+            parse_config(config_cls, [*REQUIRED, *argv], "job", "")
+        return str(error.value)
+
+    assert "--text-pair-column: must not be empty" in refused(ClassifyConfig, "--text-pair-column", "")
+    assert "give one of --top-k 2 and --all-labels" in refused(ClassifyConfig, "--top-k", "2", "--all-labels")
+    assert "--question-column: must not be empty" in refused(QaConfig, "--question-column", "")
+    assert "a folder per document" in refused(QaConfig, "--question-column", "q", "--partition-by", "q")
+    assert parse_config(ClassifyConfig, [*REQUIRED, "--all-labels"], "job", "").effective_top_k is None
+
+
+def test_multi_task_yaml_errors_name_the_task(tmp_path):
+    from pipeline.config import MultiConfig
+
+    def refused(yaml_text):
+        (tmp_path / "multi.yaml").write_text(yaml_text)
+        with pytest.raises(UsageError) as error:
+            parse_config(MultiConfig, ["--config", str(tmp_path / "multi.yaml"), "--input", "i", "--output", "o"],
+                         "multi_corpus.py", "")
+        return str(error.value)
+
+    # yaml.safe_load kept the second `a` and dropped the NER task without a word
+    assert "key 'a' given twice (line 3, column 3)" in refused(
+        "tasks:\n  a: {task: ner, model: m}\n  a: {task: embed, model: m}\n")
+    assert refused("tasks:\n  a: 3\n") == "tasks.a: Input should be a valid dictionary (got 3)"   # was --tasks-a
+    assert "tasks.a: 'doc-stride' and 'doc_stride' are the same option" in refused(
+        "tasks:\n  a: {task: qa, question: q, model: m, doc-stride: 3, doc_stride: 4}\n")
+    assert "nor be empty" in refused("tasks:\n  '': {task: ner, model: m}\n")

@@ -94,7 +94,7 @@ def test_classify_options_and_long_documents(corpus, rows, tmp_path):
 
     # A long document: the mean of its windows' probabilities (windows as the tokenizer cuts them).
     first = annotate(ClassifyConfig(**{**config, "max_length": 24, "window_aggregation": "first"}), CLASSIFY_TASK)
-    mean = annotate(ClassifyConfig(**{**config, "max_length": 24, "all_labels": True}), CLASSIFY_TASK)
+    mean = annotate(ClassifyConfig(**{**config, "max_length": 24, "top_k": None, "all_labels": True}), CLASSIFY_TASK)
     long_id = next(i for i, r in rows.items() if r["text"] and len(r["text"]) > 200)
     windows = tokenizer(rows[long_id]["text"], max_length=24, truncation=True, return_overflowing_tokens=True)
     with torch.no_grad():

@@ -154,6 +154,34 @@ def test_qa_needs_exactly_one_question_source():
                                 "--stride", "8"], "qa_corpus.py", "")
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--question", "q", "--max-length", "16", "--doc-stride", "16"],
+     "--max-length/--doc-stride/--question: the first text has 1 tokens, leaving 12 per window"),
+    (["--question", "why " * 300], "--max-length/--doc-stride/--question: the first text has 300 tokens"),
+    (["--question-column", "q", "--max-length", "16", "--doc-stride", "12"],   # not even a one-token question fits
+     "--max-length/--doc-stride: the first text has 1 tokens, leaving 12 per window"),
+])
+def test_qa_windows_that_fit_no_row_are_refused_while_planning(setup, argv, message):
+    """They made every row an error row (exit 0) where the other tasks refuse while planning."""
+    from pipeline.job import inspect_model
+
+    _, corpus, _, qa = setup
+    config = parse_config(QaConfig, ["--input", str(corpus), "--output", "o", "--model", str(qa), *argv], "qa", "")
+    with pytest.raises(UsageError) as error:
+        QA_TASK.feed(config, inspect_model(config.model, QA_TASK.model_task))
+    assert message in str(error.value)
+
+
+def test_a_multi_task_models_error_names_its_task(setup, tmp_path):
+    from pipeline.multi_task import multi_task
+
+    _, corpus, classify, _ = setup
+    path = write_yaml(tmp_path / "multi.yaml", {"input": str(corpus), "output": "o", "tasks": {
+        "a": {"task": "classify", "model": str(classify)}, "b": {"task": "ner", "model": str(tmp_path / "none")}}})
+    with pytest.raises(UsageError, match=r"^tasks\.b: --model .*none.*: .*no config\.json"):
+        multi_task(parse_config(MultiConfig, ["--config", path], "multi_corpus.py", ""))
+
+
 def test_embed_normalize_is_three_valued():
     base = ["--input", "i", "--output", "o", "--model", "m"]
     assert parse_config(EmbedConfig, base, "e", "").normalize is None

@@ -12,7 +12,9 @@ Why Ray's `JobSubmissionClient` in a `@task`, not `RaySubmitJobOperator`:
 - `ray[default]` of exactly the cluster's Ray version is the one dependency this DAG needs, and
   with it we control the two things a retry needs: before submitting, the task stops any job
   still running for the same DAG and date (an earlier try whose Airflow task was killed — two
-  writers on one output would race), and a failure raises with the tail of the job's logs.
+  writers on one output would race), and a failure raises with the tail of the job's logs. A
+  configuration error (the job's exit status 2) fails the task without retries; any other failure
+  (exit 1; 75 while another run holds the output) is retried.
 
 Configuration (DAG params, defaults from the environment of the Airflow workers):
     ray_address   BERTBATCH_RAY_ADDRESS   dashboard URL, e.g. http://ray-head:8265
@@ -38,8 +40,10 @@ import pendulum
 
 try:  # Airflow 3
     from airflow.sdk import Param, dag, get_current_context, task
+    from airflow.sdk.exceptions import AirflowFailException
 except ImportError:  # Airflow 2.x
     from airflow.decorators import dag, task
+    from airflow.exceptions import AirflowFailException
     from airflow.models.param import Param
     from airflow.operators.python import get_current_context
 
@@ -48,6 +52,7 @@ IMAGE_JOB_SCRIPT = "/home/ray/bertbatch/jobs/ner_corpus.py"   # infra/docker/Doc
 POLL_SECONDS = float(os.environ.get("BERTBATCH_POLL_SECONDS", "10"))
 ACTIVE = ("PENDING", "RUNNING")
 LOG_TAIL_CHARS = 4000
+CONFIG_ERROR = 2   # the job's exit status for a configuration error: a retry would fail the same way
 
 
 def ner_command(params: dict, ds: str) -> list[str]:
@@ -102,7 +107,7 @@ def bertbatch_ner():
         runtime_env = {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}
         if params.get("working_dir"):
             runtime_env.update(working_dir=params["working_dir"],
-                               excludes=[".git", ".venv", ".venv-airflow", "out", "__pycache__"])
+                               excludes=[".git", ".venv", ".venv-airflow", ".venv-spark", "out", "__pycache__"])
         command = ner_command(params, ds)
         submission_id = f"{DAG_ID}-{ds}-{uuid.uuid4().hex[:8]}"
         client.submit_job(
@@ -117,7 +122,10 @@ def bertbatch_ner():
         logs = client.get_job_logs(submission_id)
         print(logs[-LOG_TAIL_CHARS:])
         if status != "SUCCEEDED":
-            raise RuntimeError(f"Ray job {submission_id} ended {status}; last lines of its log are above")
+            failed = f"Ray job {submission_id} ended {status}; last lines of its log are above"
+            if client.get_job_info(submission_id).driver_exit_code == CONFIG_ERROR:
+                raise AirflowFailException(f"{failed} (a configuration error: not retried)")
+            raise RuntimeError(failed)
         return command[command.index("--output") + 1]
 
     annotate_partition()
