@@ -16,7 +16,7 @@ from pipeline.config import ClassifyConfig, NerConfig, QaConfig
 from pipeline.job import build_plan
 from pipeline.ner_task import NER_TASK
 from pipeline.qa_task import QA_TASK
-from pipeline.read import list_input_files
+from pipeline.read import ReadFile, list_input_files
 from pipeline.stage import ERROR, ERROR_TYPE
 from pipeline.validate import ValidateConfig, ValidateText
 from tests.checkpoints import make_checkpoint
@@ -290,3 +290,21 @@ def test_shards_that_store_the_text_column_differently_run_as_one_job(ray_sessio
     table = pads.dataset(output, format="parquet").to_table()
     assert table.schema.field("text").type == pa.string() and sorted(set(table.column("text").to_pylist())) == \
         sorted(TEXTS)
+
+
+def test_spark_int96_timestamps_read_as_microseconds(tmp_path):
+    """Spark and Hive write timestamps as INT96, which pyarrow reads as nanoseconds by default: kept as such, they
+    made the results unreadable to Spark (Illegal Parquet type: INT64 (TIMESTAMP(NANOS,false)))."""
+    import datetime
+
+    from pipeline.read import scan_footers
+
+    when = [datetime.datetime(2026, 1, 2, 3, 4, 5, 123456), None]
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["x", "y"], "at": pa.array(when, pa.timestamp("us"))}),
+                   tmp_path / "spark.parquet", use_deprecated_int96_timestamps=True)
+    assert pq.read_schema(tmp_path / "spark.parquet").field("at").type == pa.timestamp("ns")   # pyarrow's default
+    files = list_input_files(str(tmp_path / "spark.parquet"))
+    assert files.schema().field("at").type == pa.timestamp("us")
+    assert scan_footers(files, ("id", "text", "at")).rows == (2,)
+    table = pa.concat_tables(ReadFile(files, ("id", "text", "at"))(0))
+    assert table.schema.field("at").type == pa.timestamp("us") and table.column("at").to_pylist() == when
