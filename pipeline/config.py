@@ -102,7 +102,8 @@ class JobConfig(_SharedChecks):
     docs_per_batch: int | None = Field(
         None, ge=1, description="documents per batch handed to a tokenizer/model actor; default: 256 on CPU, "
                                 "2048 on GPU (a GPU runs 256 documents in milliseconds)")
-    rows_per_file: int = Field(100_000, ge=1, description="target result rows per output Parquet file")
+    rows_per_file: int = Field(100_000, ge=1, description="target result rows per output Parquet file "
+                              "(a file also ends at about 256 MiB of rows in memory: wide kept columns)")
     partition_by: str | None = Field(None, description="write hive folders COLUMN=value/ (a kept input column)")
     overwrite: bool = Field(False, description="replace an existing output folder: what earlier runs wrote there "
                                                 "is deleted (a folder holding other files is refused)")

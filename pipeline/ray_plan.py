@@ -31,7 +31,7 @@ from pipeline.gpu_wait import wait_for_gpus
 from pipeline.infer import auto_dtype, resolve_device, slow_on_this_cpu
 from pipeline.kill_hooks import kill_for_rows, kill_point
 from pipeline.ledger import done_in_flight, mark_in_flight
-from pipeline.stage import FILE_INDEX, ROW, Stage, StageSpec
+from pipeline.stage import FILE_INDEX, ROW, STAT_PREFIX, Stage, StageSpec
 from pipeline.storage import StorageOptions, configure
 
 TASK_CPUS = 0.25            # read/validate and decode tasks are light and short
@@ -44,6 +44,9 @@ WRITE_CPUS = 0.2
 # (pyproject pins ray below it); the warning is filtered where they are passed.
 ACTOR_RETRIES = {"max_restarts": 2, "max_task_retries": 2}
 TASK_RETRIES = 2            # read/decode/write tasks whose worker process died
+# Ray bundles `rows_per_file` rows for a write task; the task writes them in parts of at most this many bytes
+# (Arrow's, in memory): rows with wide kept columns make smaller files rather than one write of many GB.
+WRITE_BYTES = 256 * 2**20
 CONNECT_SECONDS = 10.0      # for RAY_ADDRESS's GCS port to accept a connection
 PROBE_SECONDS = 300.0       # for a GPU to run the --dtype auto probe (other jobs may hold them all)
 # Batches handed to one model actor ahead of the one it runs (Ray Data's default: 4). A batch queued
@@ -286,7 +289,9 @@ def _operators(ds: ray.data.Dataset, plan, infer: StageSpec, placement: Placemen
                         compute=ActorPoolStrategy(size=placement.model_actors, max_tasks_in_flight_per_actor=
                                                   MODEL_BATCHES_IN_FLIGHT[placement.use_gpu]),
                         **ACTOR_RETRIES)
-    ds = ds.map_batches(_apply_stage, fn_kwargs={"spec": plan.decode, "storage": plan.storage},
+    # What leaves decode is only what the sink writes: the texts (unless kept) stay behind.
+    ds = ds.map_batches(_apply_stage, fn_kwargs={"spec": plan.decode, "storage": plan.storage,
+                                                 "keep": plan.sink.columns[0]},
                         batch_size=placement.docs_per_batch,
                         batch_format="pyarrow", num_cpus=TASK_CPUS, max_retries=TASK_RETRIES)
     return ds
@@ -306,9 +311,13 @@ def _read_files(batch: pa.Table, read, validate: StageSpec) -> Iterator[pa.Table
             yield stage(table)
 
 
-def _apply_stage(batch: pa.Table, spec: StageSpec, storage: StorageOptions | None = None) -> pa.Table:
+def _apply_stage(batch: pa.Table, spec: StageSpec, storage: StorageOptions | None = None,
+                 keep: tuple[str, ...] | None = None) -> pa.Table:
+    """The stage's output; `keep`: only these columns and the `_stat_*` counters go on."""
     configure(storage)
-    return _build(spec)(batch)
+    table = _build(spec)(batch)
+    return table if keep is None else table.select([c for c in table.column_names
+                                                    if c in keep or c.startswith(STAT_PREFIX)])
 
 
 def _stage_actor(spec: StageSpec, storage: StorageOptions | None, output: str, env: dict | None = None) -> type:
@@ -361,11 +370,27 @@ class ResultDatasink(Datasink):
         return self.rows_per_file
 
     def write(self, blocks: Iterable, ctx) -> dict:
-        tables = [b for b in blocks if b.num_rows]
-        if not tables:
-            return {"rows": 0, "errors": 0, "files": []}
+        """Write the bundle in parts of at most `WRITE_BYTES` (each its own files and ledger entry)."""
         configure(self.storage)
-        return _build(self.spec)(pa.concat_tables(tables, promote_options="none"))
+        total = {"rows": 0, "errors": 0, "files": []}
+        for part in _parts(b for b in blocks if b.num_rows):
+            written = _build(self.spec)(pa.concat_tables(part, promote_options="none"))
+            for key, value in written.items():
+                total[key] = total.get(key, 0) + value
+        return total
 
     def on_write_complete(self, write_result) -> None:
         self.write_results = list(write_result.write_returns)
+
+
+def _parts(blocks: Iterator[pa.Table]) -> Iterator[list[pa.Table]]:
+    """Consecutive blocks joined up to `WRITE_BYTES` (a block larger than that alone)."""
+    part, size = [], 0
+    for block in blocks:
+        if part and size + block.nbytes > WRITE_BYTES:
+            yield part
+            part, size = [], 0
+        part.append(block)
+        size += block.nbytes
+    if part:
+        yield part

@@ -1,7 +1,7 @@
 """Find the input Parquet files (fsspec: local paths, s3://, globs, folders with hive partitions) and read them.
 
-The unit of reading is one file: `ReadFile` streams it in blocks of at most `block_rows` rows,
-and every row carries `_file` (index in the sorted file list), `_source` (its path) and `_row`
+The unit of reading is one file: `ReadFile` streams it in blocks of at most `block_rows` rows and
+about `block_bytes`, and every row carries `_file` (index in the sorted file list), `_source` (its path) and `_row`
 (its row number in that file), so any output or error row can be traced back to its input.
 Hive folder names (`date=2026-01-01/`) become string columns unless the file has that column; their
 values are URL-decoded and `__HIVE_DEFAULT_PARTITION__` is null, as pyarrow and DuckDB read them.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -203,6 +204,7 @@ class ReadFile:
     files: InputFiles
     columns: tuple[str, ...]        # id, text and passthrough columns, in output order
     block_rows: int = 4096
+    block_bytes: int = 64 * 2**20     # at most about this many bytes per block (Ray's own blocks aim at 128 MiB)
     schema: pa.Schema | None = None     # the plan's types: an empty file's (possibly null-typed) columns take them
     # (file index, merged [start, end) ranges) already in the output: a restart leaves these rows out
     committed: tuple[tuple[int, tuple[tuple[int, int], ...]], ...] = ()
@@ -219,10 +221,12 @@ class ReadFile:
             in_file = [c for c in self.columns if c in parquet.schema_arrow.names]
             first_row, buffered = 0, []
             groups = (t for g in range(parquet.num_row_groups) for t in self._row_group(parquet, path, g, in_file))
-            for table in itertools.chain(groups, [None]):   # small row groups are joined up to block_rows
+            for table in itertools.chain(groups, [None]):   # small row groups are joined up to a block
                 if table is not None:
                     buffered.append(table)
-                if buffered and (table is None or sum(t.num_rows for t in buffered) >= self.block_rows):
+                full = sum(t.num_rows for t in buffered) >= self.block_rows or \
+                    sum(t.nbytes for t in buffered) >= self.block_bytes
+                if buffered and (table is None or full):
                     table = pa.concat_tables(buffered)
                     buffered = []
                     block = self._with_provenance(table, partitions, file_index, source, first_row)
@@ -250,7 +254,8 @@ class ReadFile:
                 parquet = open_parquet(reopened.enter_context(self.files.fs.open(path, "rb")))
             try:
                 skip = read
-                for batch in parquet.iter_batches(batch_size=self.block_rows, row_groups=[group], columns=columns):
+                batch_rows = self._batch_rows(parquet.metadata.row_group(group), columns)
+                for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns):
                     table = pa.Table.from_batches([batch]).slice(min(skip, batch.num_rows))
                     skip -= batch.num_rows - table.num_rows
                     read += table.num_rows
@@ -262,6 +267,16 @@ class ReadFile:
                 failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         with reopened:
             yield self._unreadable_rows(parquet, group, columns, read, rows, failure)
+
+    def _batch_rows(self, group: pq.RowGroupMetaData, columns: list[str]) -> int:
+        """Rows per read batch: `block_rows`, fewer where the row group's rows are large (its columns' uncompressed
+        size per row, from the footer), so that a block stays near `block_bytes` (300 rows of 10 MB were one 3 GB
+        block)."""
+        paths = [group.column(c).path_in_schema for c in range(group.num_columns)]   # a.list.element: column a
+        size = sum(group.column(c).total_uncompressed_size for c, path in enumerate(paths)
+                   if any(path == name or path.startswith(f"{name}.") for name in columns))
+        per_row = size / max(group.num_rows, 1)
+        return max(1, min(self.block_rows, math.ceil(self.block_bytes / per_row) if per_row else self.block_rows))
 
     def _unreadable_rows(self, parquet: pq.ParquetFile, group: int, columns: list[str], start: int, rows: int,
                          failure: str) -> pa.Table:
