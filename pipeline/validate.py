@@ -67,10 +67,11 @@ class ValidateText(Stage):
                 errors.setdefault(i, error)
         for i in _positions(pc.is_null(table.column(self.config.id_column))):
             errors.setdefault(i, (self.name, "null_id", f"{self.config.id_column!r} is null"))
-        return _without_texts(with_errors(table, errors), (column, *self.config.second_texts)) if errors else table
+        texts = [c for c in (column, *self.config.second_texts) if c != self.config.id_column]   # the id goes to _errors
+        return _without_texts(with_errors(table, errors), texts) if errors else table
 
 
-def _without_texts(table: pa.Table, columns: tuple[str, ...]) -> pa.Table:
+def _without_texts(table: pa.Table, columns: list[str]) -> pa.Table:
     """Error rows' texts are null from here on: no later stage reads them and `_errors` does not hold them, while a
     text refused as too long would otherwise travel through every stage (a 10 MB text, hundreds of them in a batch)."""
     failed = pc.is_valid(table.column(ERROR))

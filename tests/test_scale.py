@@ -97,6 +97,8 @@ def test_a_text_refused_at_validation_does_not_travel_further():
     assert out.column("text").to_pylist() == ["fine", None, None]
     assert out.column("question").to_pylist() == ["q", None, None]
     assert out.column("id").to_pylist() == ["a", "b", None]   # the id goes to _errors
+    same = ValidateText(ValidateConfig(id_column="text", max_chars=10))(table.drop_columns(["id"]))
+    assert same.column("text").to_pylist() == ["fine", "z" * 50, "also fine"]   # --id-column text: still the id
 
 
 def test_read_blocks_are_bounded_by_bytes_as_well_as_rows(tmp_path):
