@@ -175,18 +175,42 @@ def resolve_max_length(config: JobConfig, model: ModelInfo) -> int:
     return max_length
 
 
-def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
-    """Check inputs, model and the stage chain; raise UsageError with one line on any problem."""
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A job before any input footer is read: all its restart identity needs, so that a rerun of an output it
+    already finished reads no footer (1,000 shards on S3: 94 s of footer reads for nothing)."""
+
+    model: ModelInfo
+    feed: Feed
+    files: InputFiles
+    infer: StageSpec
+
+
+def prepare(config: JobConfig, task: Task) -> Prepared:
+    """Inspect the model, make the task's feed, list the input files; raise UsageError with one line on a problem."""
     model = task.inspect(config) if task.inspect else inspect_model(config.model, task.model_task)
     feed = task.feed(config, model)
     model = dataclasses.replace(model, settings_sha256=settings_with(model.settings_sha256, feed.identity))
+    try:
+        files = list_input_files(config.input, config.output)
+    except (InputError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    infer = feed.infer or StageSpec(Infer, InferConfig(model.folder, task.model_task, config.batch_tokens,
+                                                       config.device, config.dtype, model_options=feed.model_options))
+    return Prepared(model, feed, files, infer)
+
+
+def build_plan(config: JobConfig, task: Task, prepared: Prepared | None = None) -> tuple[Plan, ModelInfo, int]:
+    """Check inputs (every footer), model and the stage chain; raise UsageError with one line on any problem.
+    `prepared`: `prepare(config, task)` when the caller has it already."""
+    prepared = prepared or prepare(config, task)
+    model, feed, files = prepared.model, prepared.feed, prepared.files
     max_length = feed.max_length
     read_columns = tuple(dict.fromkeys((*config.result_columns, config.text_column, *(c for _, c in feed.columns))))
     texts = frozenset({config.text_column, *(c for _, c in feed.columns)})   # validated and kept as strings
     try:
-        files = list_input_files(config.input, config.output)
         footers = scan_footers(files, read_columns, texts)
-        schema = files.schema(footers.first_readable)
+        schema = footers.schema
         required = [("--id-column", config.id_column), ("--text-column", config.text_column)]
         required += [("--keep-columns", c) for c in config.keep_columns]
         if config.partition_by:
@@ -231,9 +255,7 @@ def build_plan(config: JobConfig, task: Task) -> tuple[Plan, ModelInfo, int]:
         validate=StageSpec(ValidateText, ValidateConfig(config.id_column, config.text_column, config.max_chars,
                                                         tuple(dict.fromkeys(c for _, c in feed.columns)))),
         tokenize=feed.tokenize,
-        infer=feed.infer or StageSpec(Infer, InferConfig(model.folder, task.model_task, config.batch_tokens,
-                                                         config.device, config.dtype,
-                                                         model_options=feed.model_options)),
+        infer=prepared.infer,
         decode=task.decode(config, model),
         sink=StageSpec(ResultWriter, sink),
         docs_per_batch=config.docs_per_batch,
@@ -275,6 +297,19 @@ def version(package: str) -> str:
         return "unknown"
 
 
+def plan_unless_finished(config: JobConfig, task: Task) -> tuple[Prepared, dict, tuple[Plan, ModelInfo, int] | None]:
+    """The job, its restart identity and its plan (`build_plan`), None for an output this job looks to have
+    finished (`restart.looks_finished`): its footers would be read for nothing. Otherwise the footers are read,
+    and the input refused, before the output is touched."""
+    from pipeline import restart
+
+    prepared = prepare(config, task)
+    identity = restart.job_identity(task.name, config, prepared.model, prepared.files, prepared.infer.config.dtypes)
+    if restart.looks_finished(config.output, identity, config.overwrite):
+        return prepared, identity, None
+    return prepared, identity, build_plan(config, task, prepared)
+
+
 def run_job(config: JobConfig, task: Task) -> dict:
     """Build, start or resume in the output (docs/restart.md), run on Ray, write `_run.json` (+ `_SUCCESS`)."""
     from pipeline import kill_hooks, ray_plan, restart
@@ -282,8 +317,8 @@ def run_job(config: JobConfig, task: Task) -> dict:
     if "://" not in config.output:  # workers must not resolve a relative output against their own cwd
         config = config.model_copy(update={"output": os.path.abspath(config.output)})
     configure(config.storage)   # before any URL is opened: retries + --storage-options for every filesystem
-    plan, model, max_length = build_plan(config, task)
-    identity = restart.job_identity(task.name, config, model, plan.files, plan.infer.config.dtypes)
+    prepared, identity, planned = plan_unless_finished(config, task)
+    model = prepared.model
     try:
         lease = Lease(config.output).acquire()   # before open_output, which may clean or empty the folder
     except OutputBusy:
@@ -296,6 +331,7 @@ def run_job(config: JobConfig, task: Task) -> dict:
             print(f"bertbatch {task.name}: {config.output} is already complete (_SUCCESS, "
                   f"{finished['report']['documents']} rows); nothing to do", flush=True)
             return finished
+        plan, _, max_length = planned or build_plan(config, task, prepared)   # or not finished since the look
         if os.environ.get(kill_hooks.KILL_ENV):  # the test hook in workers kills this driver (before Ray starts:
             os.environ.setdefault(kill_hooks.DRIVER_PID_ENV, str(os.getpid()))   # its workers inherit this)
         plan = ray_plan.preflight(plan)   # the cluster's refusals (device, dtype, actors) before the output is touched

@@ -64,9 +64,14 @@ def committed_mask(rows: np.ndarray, ranges: Ranges) -> np.ndarray:
 
 
 def _fresh_fs(output: str):
-    """The output's filesystem, its listing cache dropped: other processes write the ledger (s3fs keeps listings)."""
+    """The output's filesystem, its listings of the output dropped: other processes write the ledger (s3fs keeps
+    listings). Only the output's: on the same store the input's listing holds each input file's size, which every
+    open of an input file would otherwise ask for again (a HEAD per footer while planning)."""
     fs, root = fsspec.core.url_to_fs(output)
-    fs.invalidate_cache()
+    folder = root.rstrip("/")
+    for path in [p for p in fs.dircache if p == folder or p.startswith(f"{folder}/")]:
+        fs.dircache.pop(path, None)
+    fs.invalidate_cache(folder)   # and the listings of the folders above it, which list it
     return fs, root
 
 

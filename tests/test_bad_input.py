@@ -130,6 +130,26 @@ def test_configuration_errors_exit_with_one_line_before_cluster_work(case, ner_c
     assert not (tmp_path / "out").exists()
 
 
+def test_footers_read_together_report_in_file_order(tmp_path):
+    """Footers are read several at a time; unreadable files are listed, and the error raised is the first
+    disagreement in file order, whichever footer came back first."""
+    from pipeline.read import InputError, list_input_files, scan_footers
+
+    for i in range(60):
+        if i in (7, 41):
+            (tmp_path / f"{i:02d}.parquet").write_bytes(b"PAR1 not parquet")
+        else:   # ids as numbers from file 20 on, as strings again from 40 on
+            write(tmp_path / f"{i:02d}.parquet", id=[i] * (i % 3) if 20 <= i < 40 else [str(i)] * (i % 3),
+                  text=["x"] * (i % 3))
+    files = list_input_files(str(tmp_path))
+    with pytest.raises(InputError, match=f"disagree on column 'id': {tmp_path / '01.parquet'} has string, "
+                                         f"{tmp_path / '20.parquet'} has int64"):
+        scan_footers(files, ("id", "text"))
+    footers = scan_footers(files, ("text",))
+    assert footers.rows == tuple(None if i in (7, 41) else i % 3 for i in range(60))
+    assert [i for i, _ in footers.unreadable] == [7, 41] and footers.first_readable == 1
+
+
 def read_all(path: Path) -> pa.Table:
     from pipeline.read import ReadFile, list_input_files
 

@@ -18,7 +18,7 @@ from pipeline.config import NerConfig
 from pipeline.job import run_job
 from pipeline.ner_task import NER_TASK
 from schemas import results
-from tests.conftest import REPO, write_corpus
+from tests.conftest import REPO, make_texts, write_corpus
 
 pytestmark = pytest.mark.ray
 STRIDE = 16
@@ -169,3 +169,33 @@ def test_an_output_whose_rows_all_failed_still_has_its_columns(ray_session, ner_
     assert table.num_rows == 0 and table.schema.names == ["id", "entities"]
     assert table.schema.metadata[b"bertbatch.task"] == b"ner"
     assert run_job(config, NER_TASK)["complete"]      # and the finished output stays as it is
+
+
+def test_many_small_files_are_annotated_as_one_file_is(ray_session, ner_checkpoint, tmp_path):
+    """200 files of 0-4 rows, read by a few tasks of many files each (ray_plan.read_groups): every row once, with
+    the same results as the same rows in one file."""
+    texts = make_texts(400, seed=3)
+    texts[17] = None
+    table = pa.table({"id": [f"doc-{i:03d}" for i in range(400)], "text": pa.array(texts, pa.string())})
+    (tmp_path / "many").mkdir()
+    (tmp_path / "one").mkdir()
+    start = 0
+    for i in range(200):
+        pq.write_table(table.slice(start, i % 5), tmp_path / "many" / f"part-{i:03d}.parquet")
+        start += i % 5
+    pq.write_table(table.slice(0, start), tmp_path / "one" / "all.parquet")
+    outputs = {}
+    for name in ("many", "one"):
+        config = NerConfig(input=str(tmp_path / name), output=str(tmp_path / f"out-{name}"), model=str(ner_checkpoint))
+        run = run_job(config, NER_TASK)
+        assert run["complete"] and run["report"]["documents"] == start
+        outputs[name] = (by_id(pads.dataset(config.output, format="parquet").to_table()),
+                         pq.read_table(f"{config.output}/_errors").column("id").to_pylist())
+    (many, many_errors), (one, one_errors) = outputs["many"], outputs["one"]
+    assert many_errors == one_errors == ["doc-017"]
+    assert sorted(many) == sorted(one) == [f"doc-{i:03d}" for i in range(start) if i != 17]
+    for doc_id, row in one.items():
+        got = many[doc_id]["entities"]
+        assert [(e["label"], e["start"], e["end"]) for e in got] == \
+               [(e["label"], e["start"], e["end"]) for e in row["entities"]]
+        np.testing.assert_allclose([e["score"] for e in got], [e["score"] for e in row["entities"]], atol=1e-5)

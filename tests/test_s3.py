@@ -15,7 +15,9 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -23,8 +25,10 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from pipeline.config import MultiConfig
+from pipeline import job
+from pipeline.config import MultiConfig, NerConfig
 from pipeline.multi_task import multi_task
+from pipeline.ner_task import NER_TASK
 from tests.checkpoints import make_checkpoint, write_sentence_transformers_files
 from tests.s3_server import FaultProxy, MotoS3
 from tests.task_runs import CLASSIFY_HEADS, annotate, scaled_checkpoint, write_task_corpus
@@ -293,3 +297,42 @@ def test_an_output_beside_or_inside_the_input_on_s3(s3, uploaded, tmp_path: Path
     for output in (f"{base}/in/out", f"s3a://{BUCKET}/overlap/in/out"):
         assert list_input_files(f"{base}/in", output).paths == (f"{BUCKET}/overlap/in/a.parquet",)
     assert list_input_files(f"{base}/in2", f"{base}/in").paths == (f"{BUCKET}/overlap/in2/b.parquet",)
+
+
+@pytest.mark.usefixtures("uploaded")   # the bucket
+def test_planning_reads_each_footer_once_and_a_rerun_of_a_finished_output_none(
+        s3, ner_checkpoint, tmp_path: Path, monkeypatch) -> None:
+    """Planning reads each input footer with one GET, several at a time (read twice and one by one, 1,000 shards
+    took 94 s on this server); a rerun of a finished output reads no footer at all (it read them all)."""
+    server, proxy = s3
+    fs = client(server.endpoint)
+    shards = [f"{BUCKET}/many/date=2026-01-0{1 + i % 2}/part-{i:03d}.parquet" for i in range(30)]
+    for i, key in enumerate(shards):
+        with fs.open(key, "wb") as handle:
+            pq.write_table(pa.table({"id": [f"{i}-{j}" for j in range(i % 3)], "text": ["John Smith in Paris"] * (i % 3)},
+                                    schema=pa.schema({"id": pa.string(), "text": pa.string()})), handle)
+    source, output = f"s3://{BUCKET}/many/", f"s3://{BUCKET}/out/many"
+    done, logs = run_job(aws_env(server.endpoint, tmp_path), "--input", source, "--output", output,
+                         "--model", str(ner_checkpoint))
+    assert done.returncode == 0, logs[-6000:]
+
+    for key, value in aws_env(proxy.endpoint, tmp_path).items():   # the same job in this process, through the proxy
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(fsspec.config, "conf", {})   # run_job configures the s3 options: not for later tests
+    s3fs.S3FileSystem.clear_instance_cache()
+    config = NerConfig(input=source, output=output, model=str(ner_checkpoint), max_length=32, stride=8)
+
+    def footer_requests() -> dict[tuple[str, str], int]:
+        return {(method, unquote(path)): n for (method, path), n in proxy.paths.items()
+                if unquote(path).startswith(f"/{BUCKET}/many/")}
+
+    proxy.reset_counts()   # the plan of a run into a new output, as run_job makes it
+    plan = job.plan_unless_finished(config.model_copy(update={"output": f"{output}-new"}), NER_TASK)[2][0]
+    assert dict(zip(plan.files.paths, plan.footers.rows)) == {key: i % 3 for i, key in enumerate(shards)}
+    assert "date" in plan.read.schema.names   # the hive key, from the footer read with the rest
+    assert footer_requests() == {("GET", f"/{key}"): 1 for key in shards}   # and no HEAD for a file's size
+    proxy.reset_counts()
+    assert job.plan_unless_finished(config, NER_TASK)[2] is None
+    run = job.run_job(config, NER_TASK)
+    assert run["complete"] and run["report"]["documents"] == sum(plan.footers.rows)
+    assert footer_requests() == {}
