@@ -1,8 +1,9 @@
 """Find the input Parquet files (fsspec: local paths, s3://, globs, folders with hive partitions) and read them.
 
 The unit of reading is one file: `ReadFile` streams it in blocks of at most `block_rows` rows and
-about `block_bytes`, and every row carries `_file` (index in the sorted file list), `_source` (its path) and `_row`
-(its row number in that file), so any output or error row can be traced back to its input.
+about `block_bytes`, and every row carries `_file` (index in the sorted file list), `_source`
+(its path) and `_row` (its row number in that file), so any output or error row can be traced
+back to its input.
 Hive folder names (`date=2026-01-01/`) become string columns unless the file has that column; their
 values are URL-decoded and `__HIVE_DEFAULT_PARTITION__` is null, as pyarrow and DuckDB read them.
 A folder's files are all its files below it but `_`- and `.`-prefixed ones (whatever their suffix,
