@@ -189,13 +189,13 @@ def recover(output: str) -> Progress:
     root = root.rstrip("/")
     progress = _join(root, PROGRESS_DIR)
     found = [p[len(root):].lstrip("/") for p in fs.find(root)] if fs.exists(root) else []
-    entries = []
+    present, entries = set(found), []     # one set, not one per entry: entries × files (partitioned outputs)
     if fs.exists(progress):
         for path in sorted(fs.ls(progress, detail=False)):
             name = path.rsplit("/", 1)[-1]
             if name.endswith(".json") and name != JOB_FILE and not name.startswith("."):
                 entry = _entry(fs, path)
-                if entry is not None and set(entry["files"]) <= set(found):
+                if entry is not None and set(entry["files"]) <= present:
                     entries.append(entry)
                 else:
                     fs.rm(path)
