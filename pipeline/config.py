@@ -101,7 +101,8 @@ class JobConfig(_SharedChecks):
                                "refuses at once")
     docs_per_batch: int | None = Field(
         None, ge=1, description="documents per batch handed to a tokenizer/model actor; default: 256 on CPU, "
-                                "2048 on GPU (a GPU runs 256 documents in milliseconds)")
+                                "2048 on GPU (a GPU runs 256 documents in milliseconds), fewer for long documents (about 8 MiB "
+                                "of text a batch)")
     rows_per_file: int = Field(100_000, ge=1, description="target result rows per output Parquet file "
                               "(a file also ends at about 256 MiB of rows in memory: wide kept columns)")
     partition_by: str | None = Field(None, description="write hive folders COLUMN=value/ (a kept input column)")

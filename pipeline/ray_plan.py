@@ -127,6 +127,10 @@ class Placement:
 # runs it in milliseconds, less than what each batch costs around the model (Ray's hand-over, the
 # in-flight marker in the output's ledger), so GPU batches are larger.
 DOCS_PER_BATCH = {False: 256, True: 2048}
+# Text per batch at most, when --docs-per-batch is not given: every stage holds ≈ 125 bytes per character of the
+# batches it works on (tokenizer windows, logits, decoded entities: 50 documents of 2 MB took 12.5 GiB), so a
+# batch of 2048 documents of 100,000 characters would need ≈ 25 GB a stage. Long documents make smaller batches.
+BATCH_TEXT_BYTES = 8 * 2**20
 # Tokenizer actors feeding one GPU when --tokenizer-actors is not given: one actor tokenizes ≈ 0.3 M
 # tokens/s (BERT WordPiece with offsets, one core; bench corpus), a BERT-base forward in bf16 on an
 # H100 is expected to take 2 M or more.
@@ -142,11 +146,13 @@ NODE_MEMORY_SHARE = 0.5
 
 def place(device: str, tokenizer_actors: int | None, model_actors: int | None, cluster_cpus: float,
           cluster_gpus: float, node_cpus: float | None = None, node_memory: float | None = None,
-          model_bytes: int = 0, rows: int | None = None, docs_per_batch: int | None = None) -> Placement:
+          model_bytes: int = 0, rows: int | None = None, docs_per_batch: int | None = None,
+          text_bytes: int | None = None) -> Placement:
     """Resources per actor; model actors get a GPU each when `device` allows and the cluster has them.
 
     `tokenizer_actors` None: one on CPU (the model actors take the cores); with GPUs one per 2 CPUs,
-    at most `TOKENIZERS_PER_GPU` per GPU. `docs_per_batch` None: `DOCS_PER_BATCH` of the device.
+    at most `TOKENIZERS_PER_GPU` per GPU. `docs_per_batch` None: `DOCS_PER_BATCH` of the device, fewer where
+    the corpus's documents are long (`text_bytes`: its text columns' uncompressed bytes; `BATCH_TEXT_BYTES`).
 
     `model_actors` None: one per GPU; on CPU one single-threaded actor per core of each node, fewer
     where the node's memory would not hold that many copies of the model (`model_bytes` of weights)
@@ -161,7 +167,9 @@ def place(device: str, tokenizer_actors: int | None, model_actors: int | None, c
     use_gpu = device != "cpu" and cluster_gpus >= 1
     if device == "cuda" and not use_gpu:
         raise UsageError("--device cuda: the Ray cluster has no GPU; use --device auto or cpu")
-    docs_per_batch = docs_per_batch or DOCS_PER_BATCH[use_gpu]
+    if docs_per_batch is None:
+        per_doc = text_bytes / rows if rows and text_bytes else 0
+        docs_per_batch = max(1, min(DOCS_PER_BATCH[use_gpu], int(BATCH_TEXT_BYTES // per_doc) if per_doc else 2**31))
     if tokenizer_actors is None:
         tokenizer_actors = max(1, min(TOKENIZERS_PER_GPU * int(cluster_gpus), int(cluster_cpus // 2))) if use_gpu else 1
     tokenizer_cpus = min(1.0, 0.25 * cluster_cpus / tokenizer_actors)
@@ -230,10 +238,11 @@ def _placement(plan, file_indices: list[int]) -> Placement:
     alive = [n for n in ray.nodes() if n.get("Alive")]
     largest = max((n["Resources"] for n in alive), key=lambda r: r.get("CPU", 0.0), default={})
     rows = sum(plan.footers.rows[i] or 0 for i in file_indices)
+    text_bytes = sum(plan.footers.text_bytes[i] or 0 for i in file_indices) if plan.footers.text_bytes else None
     try:
         placement = place(plan.infer.config.device, plan.tokenizer_actors, plan.model_actors,
                           resources.get("CPU", 1.0), resources.get("GPU", 0.0), largest.get("CPU"),
-                          largest.get("memory"), plan.model_bytes, rows, plan.docs_per_batch)
+                          largest.get("memory"), plan.model_bytes, rows, plan.docs_per_batch, text_bytes)
     except UsageError as error:
         if not missing:
             raise

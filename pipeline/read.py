@@ -70,15 +70,24 @@ class InputFiles:
         """A file's schema (the first file's by default) plus its hive partition keys (as strings)."""
         return self.footer(index)[0]
 
-    def footer(self, index: int) -> tuple[pa.Schema, int]:
-        """A file's schema plus its hive partition keys (as strings), and its row count: one read of its footer."""
+    def footer(self, index: int, texts: frozenset[str] = frozenset()) -> tuple[pa.Schema, int, int]:
+        """A file's schema plus its hive partition keys (as strings), its row count and the uncompressed bytes of its
+        `texts` columns: one read of its footer."""
         with self.fs.open(self.paths[index], "rb") as handle:
             parquet = open_parquet(handle)
-            schema, rows = parquet.schema_arrow, parquet.metadata.num_rows
+            schema, metadata = parquet.schema_arrow, parquet.metadata
+        text_bytes = sum(column_bytes(metadata.row_group(g), texts) for g in range(metadata.num_row_groups))
         for key in self.partition_values(self.paths[index]):
             if key not in schema.names:
                 schema = schema.append(pa.field(key, pa.string()))
-        return schema, rows
+        return schema, metadata.num_rows, text_bytes
+
+
+def column_bytes(group: pq.RowGroupMetaData, columns) -> int:
+    """The uncompressed size of these (top-level) columns in a row group, from the footer."""
+    paths = [group.column(c).path_in_schema for c in range(group.num_columns)]   # a.list.element: column a
+    return sum(group.column(c).total_uncompressed_size for c, path in enumerate(paths)
+               if any(path == name or path.startswith(f"{name}.") for name in columns))
 
 
 def open_parquet(handle) -> pq.ParquetFile:
@@ -172,6 +181,7 @@ class Footers:
     unreadable: tuple[tuple[int, str], ...]
     first_readable: int             # the first readable file with rows (its schema is the plan's), else the first readable
     schema: pa.Schema               # first_readable's, hive keys included (read with the rest: no second GET)
+    text_bytes: tuple[int | None, ...] = ()   # per file, the uncompressed bytes of its text columns
 
 
 def scan_footers(files: InputFiles, columns: tuple[str, ...], texts: frozenset[str] = frozenset()) -> Footers:
@@ -184,30 +194,34 @@ def scan_footers(files: InputFiles, columns: tuple[str, ...], texts: frozenset[s
     Shards may differ in how they store a text column (`texts`: string, large_string as pandas 3 writes it,
     dictionary, view, binary; null-typed when every value is null): validation makes each `string`.
     """
-    rows, unreadable, types = [], [], {}
+    rows, text_bytes, unreadable, types = [], [], [], {}
     schemas = {}   # True: the first readable shard with rows' schema, False: the first without (Footers.schema)
     pool = ThreadPoolExecutor(max(1, min(FOOTER_THREADS, len(files.paths))), thread_name_prefix="bertbatch-footer")
     try:
-        for index, footer in enumerate(pool.map(functools.partial(_footer_or_reason, files), range(len(files.paths)))):
+        read = functools.partial(_footer_or_reason, files, texts=texts)
+        for index, footer in enumerate(pool.map(read, range(len(files.paths)))):
             if isinstance(footer, str):
                 rows.append(None)
+                text_bytes.append(None)
                 unreadable.append((index, footer))
                 continue
-            rows.append(footer[1])
-            _check_types(files, files.paths[index], *footer, columns, texts, types)
-            schemas.setdefault(footer[1] > 0, footer[0])
+            schema, count, size = footer
+            rows.append(count)
+            text_bytes.append(size)
+            _check_types(files, files.paths[index], schema, count, columns, texts, types)
+            schemas.setdefault(count > 0, schema)
     finally:   # an error raised: the footers not read yet are not waited for
         pool.shutdown(cancel_futures=True)
     if len(unreadable) == len(files.paths):
         raise InputError(f"--input {files.uri!r}: no readable Parquet file ({unreadable[0][1]})")
     first = next((i for i, n in enumerate(rows) if n), next(i for i, n in enumerate(rows) if n is not None))
-    return Footers(tuple(rows), tuple(unreadable), first, schemas.get(True, schemas.get(False)))
+    return Footers(tuple(rows), tuple(unreadable), first, schemas.get(True, schemas.get(False)), tuple(text_bytes))
 
 
-def _footer_or_reason(files: InputFiles, index: int) -> tuple[pa.Schema, int] | str:
-    """`files.footer(index)`, or why it cannot be read (the file becomes an `unreadable_file` error)."""
+def _footer_or_reason(files: InputFiles, index: int, texts: frozenset[str]) -> tuple[pa.Schema, int, int] | str:
+    """`files.footer(index, texts)`, or why it cannot be read (the file becomes an `unreadable_file` error)."""
     try:
-        return files.footer(index)
+        return files.footer(index, texts)
     except (OSError, pa.ArrowException) as error:
         return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
@@ -307,10 +321,7 @@ class ReadFile:
         """Rows per read batch: `block_rows`, fewer where the row group's rows are large (its columns' uncompressed
         size per row, from the footer), so that a block stays near `block_bytes` (300 rows of 10 MB were one 3 GB
         block)."""
-        paths = [group.column(c).path_in_schema for c in range(group.num_columns)]   # a.list.element: column a
-        size = sum(group.column(c).total_uncompressed_size for c, path in enumerate(paths)
-                   if any(path == name or path.startswith(f"{name}.") for name in columns))
-        per_row = size / max(group.num_rows, 1)
+        per_row = column_bytes(group, columns) / max(group.num_rows, 1)
         return max(1, min(self.block_rows, math.ceil(self.block_bytes / per_row) if per_row else self.block_rows))
 
     def _unreadable_rows(self, parquet: pq.ParquetFile, group: int, columns: list[str], start: int, rows: int,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import UsageError
-from pipeline.ray_plan import READ_TASK_FILES, place, read_groups
+from pipeline.ray_plan import BATCH_TEXT_BYTES, READ_TASK_FILES, place, read_groups
 from tests.conftest import write_corpus
 
 
@@ -72,6 +72,22 @@ def test_default_tokenizer_actors_and_batches_follow_the_device():
     asked = place("auto", 3, None, cluster_cpus=16, cluster_gpus=1, docs_per_batch=100)
     assert (asked.tokenizer_actors, asked.docs_per_batch) == (3, 100)
     assert place("cpu", None, None, cluster_cpus=16, cluster_gpus=1).tokenizer_actors == 1   # --device cpu
+
+
+def test_long_documents_make_smaller_batches_unless_docs_per_batch_is_given():
+    """Every stage holds ≈ 125 bytes per character of its batches: 2048 documents of 100,000 characters a batch
+    would need ≈ 25 GB a stage. The footers' text bytes per document bound the default batch."""
+    short = place("cpu", None, None, cluster_cpus=2, cluster_gpus=0, rows=10_000, text_bytes=10_000 * 300)
+    assert short.docs_per_batch == 256
+    long = place("cpu", None, None, cluster_cpus=2, cluster_gpus=0, rows=1_000, text_bytes=1_000 * 100_000)
+    assert long.docs_per_batch == BATCH_TEXT_BYTES // 100_000 == 83
+    assert place("auto", None, None, cluster_cpus=16, cluster_gpus=1, rows=10_000,
+                 text_bytes=10_000 * 20_000).docs_per_batch == 419
+    huge = place("cpu", None, None, cluster_cpus=2, cluster_gpus=0, rows=10, text_bytes=10 * 50 * 2**20)
+    assert huge.docs_per_batch == 1
+    given = place("cpu", None, None, cluster_cpus=2, cluster_gpus=0, rows=1_000, text_bytes=1_000 * 100_000,
+                  docs_per_batch=256)
+    assert given.docs_per_batch == 256
 
 
 def test_small_files_share_read_tasks_and_big_or_unreadable_ones_have_their_own():

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from pipeline import ledger, ray_plan
 from pipeline.ledger import commit, recover
-from pipeline.read import ReadFile, list_input_files
+from pipeline.read import ReadFile, list_input_files, scan_footers
 from pipeline.sink import ResultWriter, SinkConfig, input_order
 from pipeline.stage import ERROR, ERROR_TYPE, FILE_INDEX, ROW, SOURCE, StageSpec
 from pipeline.validate import ValidateConfig, ValidateText
@@ -114,6 +114,15 @@ def test_read_blocks_are_bounded_by_bytes_as_well_as_rows(tmp_path):
     assert [b.num_rows for b in wide] == [16] * 12 + [8]          # 16 MiB of 1 MiB rows, not one 200 MiB block
     assert [r for b in wide for r in b.column(ROW).to_pylist()] == list(range(200))
     assert [b.num_rows for b in read(1)] == [4096, 4096, 1808]   # small rows: block_rows as before
+
+
+def test_footers_give_each_files_text_bytes(tmp_path):
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["x" * 50_000, "y" * 30_000], "other": ["z" * 90_000] * 2}),
+                   tmp_path / "a.parquet", use_dictionary=False, row_group_size=1)
+    pq.write_table(pa.table({"id": ["c"], "text": ["short"], "other": ["o"]}), tmp_path / "b.parquet")
+    footers = scan_footers(list_input_files(str(tmp_path)), ("id", "text"), frozenset({"text"}))
+    assert footers.rows == (2, 1)
+    assert 80_000 <= footers.text_bytes[0] < 81_000 and footers.text_bytes[1] < 100   # the text column only
 
 
 def test_a_write_with_many_partition_values_passes_over_its_rows_once_not_once_per_value(tmp_path, monkeypatch):
