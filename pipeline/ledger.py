@@ -16,6 +16,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import fsspec
 import numpy as np
@@ -26,6 +27,7 @@ JOB_COPY = "._job.json"                 # written before _job.json where writes 
 IN_FLIGHT_DIR = ".in_flight"            # markers of batches an actor is working on (mark_in_flight)
 # Files a write task may leave: results (also below hive folders), errors, and their temporary names.
 PART_FILE = re.compile(r"(^|/)part-[^/]*\.parquet$")
+ENTRY_THREADS = 16    # entries read at once by `recover` (each a GET on an object store; as read.FOOTER_THREADS)
 TEMP_FILE = re.compile(r"(^|/)\.[^/]*\.tmp$")
 
 Ranges = list[tuple[int, int]]           # sorted, merged, half-open [start, end) row ranges of one file
@@ -191,14 +193,16 @@ def recover(output: str) -> Progress:
     found = [p[len(root):].lstrip("/") for p in fs.find(root)] if fs.exists(root) else []
     present, entries = set(found), []     # one set, not one per entry: entries × files (partitioned outputs)
     if fs.exists(progress):
-        for path in sorted(fs.ls(progress, detail=False)):
-            name = path.rsplit("/", 1)[-1]
-            if name.endswith(".json") and name != JOB_FILE and not name.startswith("."):
-                entry = _entry(fs, path)
-                if entry is not None and set(entry["files"]) <= present:
-                    entries.append(entry)
-                else:
-                    fs.rm(path)
+        paths = [p for p in sorted(fs.ls(progress, detail=False))
+                 if (name := p.rsplit("/", 1)[-1]).endswith(".json") and name != JOB_FILE and not name.startswith(".")]
+        with ThreadPoolExecutor(ENTRY_THREADS) as pool:   # on an object store each is a GET, mostly waiting
+            contents = list(pool.map(fs.cat_file, paths))
+        for path, content in zip(paths, contents):
+            entry = _entry(content)
+            if entry is not None and set(entry["files"]) <= present:
+                entries.append(entry)
+            else:
+                fs.rm(path)
     owned = {f for entry in entries for f in entry["files"]}
     removed = []
     for relative in found:
@@ -214,11 +218,10 @@ def recover(output: str) -> Progress:
     return Progress({k: merge(v) for k, v in committed.items()}, entries, removed)
 
 
-def _entry(fs, path: str) -> dict | None:
+def _entry(content: bytes) -> dict | None:
     """A commit entry, or None for one a crash cut (written in place: `in_place`): its rows are done again."""
     try:
-        with fs.open(path, "r") as handle:
-            entry = json.load(handle)
+        entry = json.loads(content)
         return entry if isinstance(entry, dict) and {"files", "ranges"} <= entry.keys() else None
     except ValueError:   # JSONDecodeError, UnicodeDecodeError
         return None
