@@ -25,9 +25,9 @@ PROGRESS_DIR = "_progress"
 JOB_FILE = "_job.json"
 JOB_COPY = "._job.json"                 # written before _job.json where writes are in place (`write_job`)
 IN_FLIGHT_DIR = ".in_flight"            # markers of batches an actor is working on (mark_in_flight)
+ENTRY_THREADS = 16    # entries read at once by `recover` (each a GET on an object store; as read.FOOTER_THREADS)
 # Files a write task may leave: results (also below hive folders), errors, and their temporary names.
 PART_FILE = re.compile(r"(^|/)part-[^/]*\.parquet$")
-ENTRY_THREADS = 16    # entries read at once by `recover` (each a GET on an object store; as read.FOOTER_THREADS)
 TEMP_FILE = re.compile(r"(^|/)\.[^/]*\.tmp$")
 
 Ranges = list[tuple[int, int]]           # sorted, merged, half-open [start, end) row ranges of one file

@@ -168,8 +168,9 @@ def place(device: str, tokenizer_actors: int | None, model_actors: int | None, c
     if device == "cuda" and not use_gpu:
         raise UsageError("--device cuda: the Ray cluster has no GPU; use --device auto or cpu")
     if docs_per_batch is None:
-        per_doc = text_bytes / rows if rows and text_bytes else 0
-        docs_per_batch = max(1, min(DOCS_PER_BATCH[use_gpu], int(BATCH_TEXT_BYTES // per_doc) if per_doc else 2**31))
+        docs_per_batch = DOCS_PER_BATCH[use_gpu]
+        if rows and text_bytes:
+            docs_per_batch = max(1, min(docs_per_batch, BATCH_TEXT_BYTES * rows // text_bytes))
     if tokenizer_actors is None:
         tokenizer_actors = max(1, min(TOKENIZERS_PER_GPU * int(cluster_gpus), int(cluster_cpus // 2))) if use_gpu else 1
     tokenizer_cpus = min(1.0, 0.25 * cluster_cpus / tokenizer_actors)
@@ -238,7 +239,7 @@ def _placement(plan, file_indices: list[int]) -> Placement:
     alive = [n for n in ray.nodes() if n.get("Alive")]
     largest = max((n["Resources"] for n in alive), key=lambda r: r.get("CPU", 0.0), default={})
     rows = sum(plan.footers.rows[i] or 0 for i in file_indices)
-    text_bytes = sum(plan.footers.text_bytes[i] or 0 for i in file_indices) if plan.footers.text_bytes else None
+    text_bytes = sum(plan.footers.text_bytes[i] or 0 for i in file_indices)
     try:
         placement = place(plan.infer.config.device, plan.tokenizer_actors, plan.model_actors,
                           resources.get("CPU", 1.0), resources.get("GPU", 0.0), largest.get("CPU"),

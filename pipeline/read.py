@@ -181,7 +181,7 @@ class Footers:
     unreadable: tuple[tuple[int, str], ...]
     first_readable: int             # the first readable file with rows (its schema is the plan's), else the first readable
     schema: pa.Schema               # first_readable's, hive keys included (read with the rest: no second GET)
-    text_bytes: tuple[int | None, ...] = ()   # per file, the uncompressed bytes of its text columns
+    text_bytes: tuple[int | None, ...]   # per file, the uncompressed bytes of its text columns
 
 
 def scan_footers(files: InputFiles, columns: tuple[str, ...], texts: frozenset[str] = frozenset()) -> Footers:
