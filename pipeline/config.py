@@ -243,6 +243,9 @@ class EmbedConfig(JobConfig):
     def _one_prompt(self):
         if self.prompt is not None and self.prompt_name is not None:
             raise ValueError("give at most one of --prompt TEXT and --prompt-name NAME")
+        if self.stride and self.long_text == "truncate":
+            raise ValueError(f"stride={self.stride}: --long-text truncate embeds each text's first window only; "
+                             "windows that share tokens are for --long-text mean")
         return self
 
 

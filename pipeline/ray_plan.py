@@ -263,10 +263,8 @@ def read_groups(file_indices: list[int], rows: tuple[int | None, ...], max_rows:
     their footers) or `max_files` files a task; a file of `max_rows` rows or more, or of unknown size (None),
     alone, so that big files are read in parallel as ever.
 
-    `execute` gives a model batch (`docs_per_batch`) as `max_rows`: Ray Data joins what a task yields into one
-    block, which one actor then takes whole; groups of a batch at most leave the work spread over the model
-    actors as files of their own did (grouped up to 4,096 rows, the 60 rows of tests/test_restart.py's 4 files,
-    `--docs-per-batch 5`, went to one tokenizer call, one model actor and one write).
+    `execute` gives a model batch (`docs_per_batch`) as `max_rows`: a task's reads are one after the other, so
+    small groups keep files read in parallel (the output is cut into batch-sized blocks anyway, `_blocks_of`).
     """
     groups, group, held = [], [], 0
     for index in file_indices:
@@ -317,6 +315,7 @@ def _operators(ds: ray.data.Dataset, plan, infer: StageSpec, placement: Placemen
     """read+validate (tasks) → tokenize (actors) → infer (actors) → decode (tasks)."""
     ds = ds.map_batches(_read_files, fn_kwargs={"read": plan.read, "validate": plan.validate},
                         batch_size=1, batch_format="pyarrow", num_cpus=TASK_CPUS, max_retries=TASK_RETRIES)
+    ds = _blocks_of(ds, placement.docs_per_batch)
     output = plan.sink.config.output
     # The Rust tokenizer's thread pool would otherwise use every core of the node. Set in the actor,
     # not as a runtime_env: a runtime_env needs a worker process of its own, started for it (≈ 2 s of
@@ -337,6 +336,24 @@ def _operators(ds: ray.data.Dataset, plan, infer: StageSpec, placement: Placemen
                                                  "keep": plan.sink.columns[0]},
                         batch_size=placement.docs_per_batch,
                         batch_format="pyarrow", num_cpus=TASK_CPUS, max_retries=TASK_RETRIES)
+    return ds
+
+
+def _blocks_of(ds: ray.data.Dataset, rows: int) -> ray.data.Dataset:
+    """The read's output in blocks of `rows` rows (a model batch), cut in the read tasks themselves.
+
+    Ray joins what one read task yields into blocks of up to 128 MiB, and an actor takes a block whole: a shard
+    of short texts went through one model actor, after all of it was tokenized, and one write (one ledger entry,
+    redone whole after a kill). Blocks of a batch spread it over the model actors, let tokenize, infer and write
+    overlap, and commit as they go (one file of 4,000 documents, MiniLM on 2 cores: 4 entries, not 1, and 4%
+    faster; bench/NOTES.md).
+
+    Ray fuses the repartition into the read tasks only when both ops ask for the same resources; `repartition` has
+    no parameter for them (ray 2.60) and its op would ask for a whole CPU, in tasks of its own that wait for a CPU
+    the actors hold (the job hung on 2 CPUs), so its op gets the read's.
+    """
+    ds = ds.repartition(target_num_rows_per_block=rows)
+    ds._logical_plan.dag.ray_remote_args.update(num_cpus=TASK_CPUS, max_retries=TASK_RETRIES)
     return ds
 
 

@@ -50,6 +50,9 @@ def test_help_states_each_tasks_own_defaults():
     assert "--stride" in build_parser(NerConfig, "ner_corpus.py", "").format_help()
     with pytest.raises(UsageError, match="question answering windows with --doc-stride"):   # still parsed
         parse_config(QaConfig, [*REQUIRED, "--question", "Who?", "--stride", "8"], "qa_corpus.py", "")
+    with pytest.raises(UsageError, match="stride=8: --long-text truncate embeds each text's first window only"):
+        parse_config(EmbedConfig, [*REQUIRED, "--stride", "8"], "embed_corpus.py", "")
+    assert parse_config(EmbedConfig, [*REQUIRED, "--stride", "8", "--long-text", "mean"], "embed_corpus.py", "").stride
 
 
 def test_partition_column_is_kept():

@@ -111,6 +111,20 @@ def test_driver_killed_at_four_moments_and_from_outside(corpus, ner_checkpoint, 
     assert rows[4] > 0 and rows[5] == 0                    # finish:1 killed just before _SUCCESS
 
 
+def test_one_shard_is_committed_batch_by_batch_and_a_rerun_redoes_only_the_rest(ner_checkpoint, reference, tmp_path):
+    """Ray joins what one read task yields into one block; cut into model batches (`ray_plan._blocks_of`), one file
+    is committed as it goes, so a kill after its second commit leaves only the rest to do."""
+    corpus = write_corpus(tmp_path / "corpus", shards=1, rows_per_shard=SHARDS * ROWS)   # the reference's rows
+    output, one = tmp_path / "out", ("--model-actors", "1")
+    killed = run_job(corpus, ner_checkpoint, output, *one, kill="commit:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
+    final = run_job(corpus, ner_checkpoint, output, *one)
+    assert final.returncode == 0, final.stdout[-3000:]
+    run = assert_same_as_reference(output, reference, corpus)
+    first, rest = (r["rows_processed"] for r in run["runs"])
+    assert 0 < first < SHARDS * ROWS and first + rest == SHARDS * ROWS
+
+
 def test_model_actor_killed_mid_run_is_restarted(corpus, ner_checkpoint, reference, tmp_path):
     output = tmp_path / "out"
     done = run_job(corpus, ner_checkpoint, output, kill="model_actor:2")
