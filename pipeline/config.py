@@ -103,8 +103,10 @@ class JobConfig(_SharedChecks):
         None, ge=1, description="documents per batch handed to a tokenizer/model actor; default: 256 on CPU, "
                                 "2048 on GPU (a GPU runs 256 documents in milliseconds), fewer for long documents (about 8 MiB "
                                 "of text a batch)")
-    rows_per_file: int = Field(100_000, ge=1, description="target result rows per output Parquet file "
-                              "(a file also ends at about 256 MiB of rows in memory: wide kept columns)")
+    rows_per_file: int | None = Field(
+        None, ge=1, description="target result rows per output Parquet file; a file also ends at about 256 MiB of "
+                                "rows in memory (wide kept columns). Each write is committed on its own, so this is "
+                                "also the work a kill can cost. Default: 10,000 on CPU, 100,000 on GPU")
     partition_by: str | None = Field(None, description="write hive folders COLUMN=value/ (a kept input column)")
     overwrite: bool = Field(False, description="replace an existing output folder: what earlier runs wrote there "
                                                 "is deleted (a folder holding other files is refused)")

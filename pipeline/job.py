@@ -111,7 +111,7 @@ class Plan:
     docs_per_batch: int | None      # None: ray_plan.place decides (CPU or GPU)
     tokenizer_actors: int | None    # None: ray_plan.place decides from the cluster
     model_actors: int | None        # None: ray_plan.place decides from the cluster, the model and the corpus
-    rows_per_file: int
+    rows_per_file: int | None       # None: ray_plan.preflight decides (CPU or GPU), here and in the sink
     footers: Footers                # rows per input file; shards whose footer cannot be read
     storage: StorageOptions = StorageOptions()   # configured in every worker (pipeline/storage.py)
     model_bytes: int = 0            # weight bytes of the model(s) each model actor loads

@@ -46,7 +46,7 @@ class SinkConfig:
     errors_schema: pa.Schema
     id_column: str = "id"
     partition_by: str | None = None             # hive-style folders COL=value/, column left out of the files
-    rows_per_file: int = 100_000
+    rows_per_file: int | None = 100_000         # a job's: None until ray_plan.preflight
     metadata: tuple[tuple[str, str], ...] = ()  # Parquet key-value metadata (bertbatch.*)
     run: int = 1                                # which run of this output writes (the ledger counts per run)
 

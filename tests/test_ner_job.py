@@ -67,6 +67,8 @@ def test_output_schema_counts_ids_and_errors(runs, corpus):
     on_disk = json.loads(Path(output, "_run.json").read_text())
     assert on_disk["complete"] and on_disk["report"]["documents"] == inputs.num_rows
     assert on_disk["report"]["padded_tokens"] >= on_disk["report"]["real_tokens"] > 0
+    assert on_disk["config"]["rows_per_file"] is None and on_disk["placement"]["rows_per_file"] == 10_000   # CPU's
+    assert runs["two"][1]["placement"]["rows_per_file"] == 5
     assert Path(output, "_SUCCESS").exists()
 
 
