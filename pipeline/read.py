@@ -170,7 +170,11 @@ def check_columns(schema: pa.Schema, required: list[tuple[str, str]]) -> None:
     """`required`: (flag, column it names) pairs; raise one line naming the first missing column."""
     for flag, column in required:
         if column not in schema.names:
-            raise InputError(f"{flag} {column!r}: no such column in the input; columns: {', '.join(schema.names)}")
+            split = [name for name in schema.names if column in (part.strip() for part in name.split(","))]
+            hint = (f" ({split[0]!r} holds a comma, at which {flag} splits its names: such a column cannot be kept; "
+                    "rename it)") if split and flag == "--keep-columns" else ""
+            raise InputError(f"{flag} {column!r}: no such column in the input{hint}; columns: "
+                             f"{', '.join(schema.names)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,6 +65,14 @@ def test_keep_columns_split_at_commas_and_flags_are_never_abbreviated():
     assert parse(*REQUIRED, "--keep-columns", "date,lang").keep_columns == ("date", "lang")
     with pytest.raises(SystemExit):
         parse(*REQUIRED, "--over")           # argparse would take it for --overwrite
+    # ... so a column whose name holds a comma cannot be kept; the refusal says why
+    import pyarrow as pa
+
+    from pipeline.read import InputError, check_columns
+
+    schema = pa.schema([("id", pa.string()), ("lat, lon", pa.string())])
+    with pytest.raises(InputError, match=r"'lat': no such column in the input \('lat, lon' holds a comma, at which --keep-col"):
+        check_columns(schema, [("--keep-columns", c) for c in parse(*REQUIRED, "--keep-columns", "lat, lon").keep_columns])
 
 
 @pytest.mark.parametrize(("argv", "message"), [
