@@ -336,7 +336,7 @@ def run_job(config: JobConfig, task: Task) -> dict:
             os.environ.setdefault(kill_hooks.DRIVER_PID_ENV, str(os.getpid()))   # its workers inherit this)
         plan = ray_plan.preflight(plan)   # the cluster's refusals (device, dtype, actors) before the output is touched
         identity = restart.with_dtypes(identity, plan.infer.config.dtypes)
-        start = restart.open_output(config.output, identity, config.overwrite)
+        start = restart.open_output(config.output, identity, config.overwrite, lease.token)
         return _run(config, task, plan, model, max_length, identity, start)
     finally:
         lease.release()

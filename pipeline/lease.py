@@ -47,6 +47,31 @@ class OutputBusy(FileExistsError):
     """Another run holds the output's lease."""
 
 
+class LeaseLost(RuntimeError):
+    """A write of a run that no longer holds the output's lease."""
+
+
+def check_held(fs, root: str, token: str | None) -> None:
+    """Raise LeaseLost unless the run with this lease `token` still holds the lease of the output at `root`.
+
+    Write tasks call it before they place a file or commit: a run killed from outside can leave Ray workers
+    that go on for seconds (a driver's process group killed, not its session: a write committed 2-3 s later),
+    and a run stalled past EXPIRES_SECONDS has workers too; another run may by then be redoing their rows under
+    the same file names. None (a writer outside a job): no check."""
+    if token is None:
+        return
+    path = f"{root.rstrip('/')}/_progress/{LEASE_FILE}"
+    fs.invalidate_cache(path)
+    try:
+        holder = json.loads(fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        holder = None
+    if not isinstance(holder, dict) or holder.get("token") != token:
+        who = f"host {holder.get('host')}, pid {holder.get('pid')}" if isinstance(holder, dict) else "no run"
+        raise LeaseLost(f"this run no longer holds the lease of the output ({who} holds it): its write is not "
+                        "committed; the run holding the lease does these rows")
+
+
 def _pid_space() -> dict:
     """Where a pid names a process: the host, the Linux boot and the pid namespace (None without /proc)."""
     space = {"host": socket.gethostname(), "boot_id": None, "pid_ns": None}

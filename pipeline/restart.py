@@ -31,6 +31,7 @@ LAYOUT_ONLY = frozenset({"input", "output", "overwrite", "model", "tokenizer_act
 class Start:
     run: int                            # this run's number in the output (1 for a fresh output)
     progress: ledger.Progress
+    lease: str | None = None            # this run's lease token (pipeline/lease.py): its writes check it
 
 
 # Result options added after outputs existed: left out while unset, so those outputs keep their identity
@@ -139,7 +140,7 @@ def looks_finished(output: str, identity: dict, overwrite: bool) -> bool:
         return False
 
 
-def open_output(output: str, identity: dict, overwrite: bool) -> Start:
+def open_output(output: str, identity: dict, overwrite: bool, lease: str | None = None) -> Start:
     """Start fresh or resume (after `finished_output`; `identity` now `with_dtypes`): empty or clean the
     folder, record this run."""
     old = _same_job(output, identity, overwrite)
@@ -152,7 +153,7 @@ def open_output(output: str, identity: dict, overwrite: bool) -> Start:
     run = len(old["runs"]) + 1
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     ledger.write_job(output, {**old, "runs": [*old["runs"], {"run": run, "started": started}]})
-    return Start(run, progress)
+    return Start(run, progress, lease)
 
 
 def run_counts(output: str, progress: ledger.Progress) -> list[dict]:
@@ -166,7 +167,8 @@ def run_counts(output: str, progress: ledger.Progress) -> list[dict]:
 
 def resume_plan(plan, start: Start):
     """The plan (writing as this run) without the rows earlier runs committed, and the files with rows to do."""
-    sink = dataclasses.replace(plan.sink, config=dataclasses.replace(plan.sink.config, run=start.run))
+    sink = dataclasses.replace(plan.sink, config=dataclasses.replace(plan.sink.config, run=start.run,
+                                                                     lease=start.lease))
     return _skip_committed(dataclasses.replace(plan, sink=sink), start.progress)
 
 

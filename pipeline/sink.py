@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 import uuid
 
 import fsspec
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.kill_hooks import kill_point
-from pipeline.lease import LEASE_FILE, LOCK_FILE
+from pipeline.lease import LEASE_FILE, LOCK_FILE, check_held
 from pipeline.ledger import JOB_FILE, PROGRESS_DIR, commit, row_ranges
 from pipeline.stage import ERROR, FILE_INDEX, ROW, SOURCE, STAT_PREFIX, Stage, with_errors
 from pipeline.storage import is_object_store
@@ -37,6 +38,7 @@ FOLDER_NAME_BYTES = 255     # the longest file name of common filesystems (ext4,
 OBJECT_KEY_BYTES = 1024     # an object store's longest key (S3, GCS), which has no folder names to limit
 MAX_RUNS = 10_000           # runs of consecutive rows a write slices into input order; more: Arrow sorts
 PART_NAME_BYTES = 40        # part-00000-000000000000.parquet and room for a temporary name's prefix
+FENCE_SECONDS = 1.0         # a write checks that its run still holds the lease at most this often before placing files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,7 @@ class SinkConfig:
     rows_per_file: int | None = 100_000         # a job's: None until ray_plan.preflight
     metadata: tuple[tuple[str, str], ...] = ()  # Parquet key-value metadata (bertbatch.*)
     run: int = 1                                # which run of this output writes (the ledger counts per run)
+    lease: str | None = None                    # that run's lease token: writes place and commit only while it holds
 
 
 class ResultWriter(Stage):
@@ -60,6 +63,7 @@ class ResultWriter(Stage):
         self.config = config
         self.requires, self.adds, self.removes = self.declare(config)
         self.fs, self.root = fsspec.core.url_to_fs(config.output)
+        self._fenced = -FENCE_SECONDS
 
     @classmethod
     def declare(cls, config: SinkConfig):
@@ -86,9 +90,19 @@ class ResultWriter(Stage):
         if table.num_rows:  # the ledger entry is the commit: files renamed before it are orphans until then
             relative = [f[len(self.root.rstrip("/")):].lstrip("/") for f in files]
             ranges = row_ranges(table.column(FILE_INDEX).to_numpy(), table.column(ROW).to_numpy())
+            self._fence(always=True)
             commit(self.fs, self.root, relative, ranges, counters, self.config.run)
         kill_point("commit")
         return {**counters, "files": files}
+
+    def _fence(self, always: bool = False) -> None:
+        """Place files and commit only while this run holds the output's lease (`lease.check_held`): before the
+        commit always, before placing a file at most every FENCE_SECONDS (a check is a GET on an object store,
+        and a write into 5,000 partition folders places 5,000 files)."""
+        now = time.monotonic()
+        if always or now - self._fenced >= FENCE_SECONDS:
+            check_held(self.fs, self.root, self.config.lease)
+            self._fenced = now
 
     def _unfit_partitions(self, table: pa.Table) -> pa.Table:
         """Rows whose partition value makes a folder name too long for the filesystem (an object key too long
@@ -167,9 +181,12 @@ class ResultWriter(Stage):
             # On object stores (no rename; `mv` is copy + delete) one PUT under the final name is the
             # atomic commit: the object appears only when complete, and a rerun replaces it.
             target = final if is_object_store(self.fs) else temporary
+            if target == final:
+                self._fence()
             with self.fs.open(target, "wb") as handle:
                 pq.write_table(table.slice(start, end - start).cast(schema), handle)
             if target != final:
+                self._fence()
                 self.fs.mv(temporary, final)
             written.append(final)
         return written

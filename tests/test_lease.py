@@ -181,3 +181,27 @@ def test_the_lease_comes_before_the_output_is_touched_and_survives_overwrite(tmp
             Lease(str(out)).check_free()
     finally:
         held.release()
+
+
+def test_a_write_of_a_run_that_lost_the_lease_places_and_commits_nothing(tmp_path):
+    """A killed run's Ray workers can go on for seconds (its process group killed, not its whole session), one
+    stalled past the expiry for longer: their writes must not land beside the rows a new run redoes."""
+    import pyarrow as pa
+
+    from pipeline.lease import LeaseLost
+    from pipeline.ledger import recover
+    from pipeline.sink import ResultWriter
+    from tests.test_scale import _block, _sink
+
+    output = tmp_path / "out"
+    block = _block(0, 0, 4, pa.array(["x"] * 4))
+    held_by(output, token="new-run")
+    with pytest.raises(LeaseLost, match=r"no longer holds the lease of the output \(host .*\): its write is not"):
+        ResultWriter(_sink(tmp_path, lease="killed-run", rows_per_file=2))(block)
+    assert not list(output.glob("part-*")) and not recover(str(output)).entries
+    (output / "_progress" / lease.LEASE_FILE).unlink()   # released: a write after its run ended
+    with pytest.raises(LeaseLost, match=r"\(no run holds it\)"):
+        ResultWriter(_sink(tmp_path, lease="killed-run"))(block)
+    held_by(output, token="new-run")
+    assert ResultWriter(_sink(tmp_path, lease="new-run", rows_per_file=2))(block)["rows"] == 4
+    assert len(list(output.glob("part-*"))) == 2 and len(recover(str(output)).entries) == 1
