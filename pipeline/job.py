@@ -319,6 +319,8 @@ def run_job(config: JobConfig, task: Task) -> dict:
     configure(config.storage)   # before any URL is opened: retries + --storage-options for every filesystem
     prepared, identity, planned = plan_unless_finished(config, task)
     model = prepared.model
+    if planned is None and (finished := restart.finished_output(config.output, identity, config.overwrite)):
+        return _already_complete(config, task, finished)   # read only: not even the lease is taken
     try:
         lease = Lease(config.output).acquire()   # before open_output, which may clean or empty the folder
     except OutputBusy:
@@ -327,10 +329,8 @@ def run_job(config: JobConfig, task: Task) -> dict:
         raise UsageError(f"--output {config.output!r}: {type(error).__name__}: {str(error).splitlines()[0]}") from None
     try:
         finished = restart.finished_output(config.output, identity, config.overwrite)
-        if finished is not None:
-            print(f"bertbatch {task.name}: {config.output} is already complete (_SUCCESS, "
-                  f"{finished['report']['documents']} rows); nothing to do", flush=True)
-            return finished
+        if finished is not None:   # finished since the look
+            return _already_complete(config, task, finished)
         plan, _, max_length = planned or build_plan(config, task, prepared)   # or not finished since the look
         if os.environ.get(kill_hooks.KILL_ENV):  # the test hook in workers kills this driver (before Ray starts:
             os.environ.setdefault(kill_hooks.DRIVER_PID_ENV, str(os.getpid()))   # its workers inherit this)
@@ -340,6 +340,12 @@ def run_job(config: JobConfig, task: Task) -> dict:
         return _run(config, task, plan, model, max_length, identity, start)
     finally:
         lease.release()
+
+
+def _already_complete(config: JobConfig, task: Task, finished: dict) -> dict:
+    print(f"bertbatch {task.name}: {config.output} is already complete (_SUCCESS, "
+          f"{finished['report']['documents']} rows); nothing to do", flush=True)
+    return finished
 
 
 def _run(config: JobConfig, task: Task, plan: Plan, model, max_length: int, identity: dict, start) -> dict:

@@ -138,8 +138,13 @@ def test_finished_output_is_not_recomputed_other_model_refuses_overwrite_replace
 
     from tests.checkpoints import make_checkpoint
 
+    def stamps() -> dict:
+        return {p: p.stat().st_mtime_ns for p in [reference, *reference.rglob("*")]}
+
+    untouched = stamps()
     again = run_job(corpus, ner_checkpoint, reference)
     assert again.returncode == 0 and "already complete" in again.stdout
+    assert stamps() == untouched    # not even the lease taken: nothing written, no folder changed
     before = json.loads((reference / "_run.json").read_text())
     assert len(before["runs"]) == 1
 
