@@ -61,11 +61,17 @@ def check_held(fs, root: str, token: str | None) -> None:
     if token is None:
         return
     path = f"{root.rstrip('/')}/_progress/{LEASE_FILE}"
-    fs.invalidate_cache(path)
-    try:
-        holder = json.loads(fs.cat_file(path))
-    except (FileNotFoundError, ValueError):
-        holder = None
+    holder = None
+    for attempt in range(3):   # where files are written in place (HDFS, SFTP) a heartbeat may be half written
+        time.sleep(0.2 * attempt)
+        fs.invalidate_cache(path)
+        try:
+            holder = json.loads(fs.cat_file(path))
+            break
+        except FileNotFoundError:
+            break
+        except ValueError:
+            continue
     if not isinstance(holder, dict) or holder.get("token") != token:
         who = f"host {holder.get('host')}, pid {holder.get('pid')}" if isinstance(holder, dict) else "no run"
         raise LeaseLost(f"this run no longer holds the lease of the output ({who} holds it): its write is not "
