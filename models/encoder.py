@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from models.config import EncoderConfig
-from models.layers import Linear, activation, dense, embedding
+from models.layers import Linear, by_rows, dense, embedding
 
 MixerFactory = Callable[[EncoderConfig], nn.Module]
 
@@ -61,14 +61,20 @@ class Block(nn.Module):
         self.mixer = mixer
         self.mixer_out = Linear(h, h)
         self.mixer_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
-        self.ffn_up = dense(h, i, g)
+        self.ffn_up = dense(h, i, g, act=cfg.hidden_act)
         self.ffn_down = dense(i, h, g)
         self.ffn_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
-        self.act = activation(cfg.hidden_act)
 
     def forward(self, x: Tensor, attn_bias: Tensor, keep: Tensor) -> Tensor:
-        x = self.mixer_norm(x + self.mixer_out(self.mixer(x, attn_bias, keep)))
-        return self.ffn_norm(x + self.ffn_down(self.act(self.ffn_up(x))))
+        mixed = self.mixer(x, attn_bias, keep)
+        if getattr(self.mixer_out, "blocked", None) is None:   # int8 layers have none either
+            return self.rowwise(mixed, x)
+        return by_rows(self.rowwise, mixed, x)   # oneDNN (CPU bf16/fp16): a chunk's intermediates stay in cache
+
+    def rowwise(self, mixed: Tensor, x: Tensor) -> Tensor:
+        """What follows the mixer works token by token."""
+        x = self.mixer_norm(self.mixer_out(mixed, residual=x))
+        return self.ffn_norm(self.ffn_down(self.ffn_up(x), residual=x))
 
 
 class Encoder(nn.Module):

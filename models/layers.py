@@ -53,40 +53,92 @@ def activation(name: str) -> Callable[[Tensor], Tensor]:
         raise ValueError(f"activation {name!r}: expected one of {', '.join(_ACTIVATIONS)}") from None
 
 
-# Rows per matmul call for bf16/fp16 on CPU, and the step the last chunk's rows are padded to.
-ROW_CHUNK, ROW_STEP = 512, 64
+# Rows per oneDNN matmul call for bf16/fp16 on CPU, and the step the last chunk's rows are padded to.
+ROW_CHUNK, ROW_STEP = 2048, 128
+
+# Activations oneDNN applies inside the matmul, on its fp32 result (name → torch's mkldnn post-op, algorithm).
+_FUSED = {"gelu": ("gelu", "none"), "gelu_python": ("gelu", "none"), "gelu_pytorch_tanh": ("gelu", "tanh"),
+          "relu": ("relu", "")}
+
+
+def by_rows(fn: Callable[..., Tensor], x: Tensor, *others: Tensor | None) -> Tensor:
+    """`fn` over the rows (tokens) of `x` and of `others` (same leading shape, or None), in chunks of at most
+    ROW_CHUNK rows, the last one zero-padded to a multiple of ROW_STEP; `fn` maps rows to rows.
+
+    oneDNN keeps, for every row count it meets, state it never frees: with variable-length batches a long
+    job's memory grew by GBs. Chunks bound the row counts to ROW_CHUNK / ROW_STEP. A row's output does not
+    depend on the other rows; in bf16 the kernel oneDNN picks for a row count may round it differently.
+    """
+    lead = x.shape[:-1]
+    rows = [t if t is None else t.reshape(-1, t.shape[-1]) for t in (x, *others)]
+    n = rows[0].shape[0]
+    if n <= ROW_CHUNK and n % ROW_STEP == 0:
+        out = fn(*rows)
+    else:
+        out = None
+        for start in range(0, n, ROW_CHUNK):
+            chunk = [t if t is None else _pad_rows(t[start:start + ROW_CHUNK]) for t in rows]
+            y = fn(*chunk)
+            out = y.new_empty(n, y.shape[-1]) if out is None else out
+            out[start:start + ROW_CHUNK] = y[:min(ROW_CHUNK, n - start)]
+    return out.view(*lead, out.shape[-1])
+
+
+def _pad_rows(rows: Tensor) -> Tensor:
+    short = -rows.shape[0] % ROW_STEP
+    return torch.cat([rows, rows.new_zeros(short, rows.shape[1])]) if short else rows
 
 
 class Linear(nn.Linear):
-    """`nn.Linear` whose CPU bf16/fp16 matmuls see at most ROW_CHUNK / ROW_STEP row counts.
+    """`nn.Linear` with an optional activation after it and residual added to its output:
+    `act(x @ W.T + b) + residual`.
 
-    oneDNN runs these matmuls and keeps, for every input shape it meets, a primitive holding a
-    packed copy of the weights (≈ 14 MB per row count for BERT-base's four linears), never freed:
-    with variable-length batches a long job's memory grew by GBs. Rows go in chunks of ROW_CHUNK,
-    the last one zero-padded to a multiple of ROW_STEP. A row's output does not depend on the other
-    rows, so results are bit-identical, and chunks of 512 rows ran faster than one large call.
-    fp32 (MKL) and CUDA keep no such state and take the plain path.
+    On CPU in bf16/fp16 (`pack`), oneDNN runs it from weights reordered once into its blocked layout, and
+    applies GELU/ReLU or the residual add inside the matmul (`torch.ops.mkldnn._linear_pointwise`, the kernels
+    torch.compile's CPU backend emits): BERT-base's forward ran 1.4–1.5× faster than an `addmm` per linear
+    followed by GELU and add, which spent ≈ 45% of the time on GELU and on copying the bias into the
+    output (bench/NOTES.md). Rows go through `by_rows`. fp32 (MKL), CUDA and CPUs without bf16/fp16 units
+    take the plain path.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float16):
-            return super().forward(x)
-        rows = x.reshape(-1, self.in_features)
-        out = rows.new_empty(rows.shape[0], self.out_features)
-        for start in range(0, rows.shape[0], ROW_CHUNK):
-            chunk = rows[start:start + ROW_CHUNK]
-            n = chunk.shape[0]
-            if n % ROW_STEP:
-                chunk = torch.cat([chunk, chunk.new_zeros(ROW_STEP - n % ROW_STEP, self.in_features)])
-                out[start:start + n] = self._matmul(chunk)[:n]
-            else:
-                self._matmul(chunk, out[start:start + n])
-        return out.view(*x.shape[:-1], self.out_features)
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, act: str | None = None):
+        super().__init__(in_features, out_features, bias=bias)
+        self.act = activation(act) if act else None
+        self.fused_act = _FUSED.get(act or "")
+        self.blocked: Tensor | None = None   # the weights in oneDNN's layout, once `pack`ed
 
-    def _matmul(self, rows: Tensor, out: Tensor | None = None) -> Tensor:
-        if self.bias is None:
-            return torch.mm(rows, self.weight.t(), out=out)
-        return torch.addmm(self.bias, rows, self.weight.t(), out=out)
+    def pack(self) -> None:
+        self.blocked = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), ROW_CHUNK)
+        self.weight = nn.Parameter(self.weight.new_empty(0), requires_grad=False)   # only `blocked` is read now
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        if self.blocked is not None:
+            return by_rows(self._blocked_forward, x, residual)
+        y = super().forward(x)
+        y = y if self.act is None else self.act(y)
+        return y if residual is None else y + residual
+
+    def _blocked_forward(self, x: Tensor, residual: Tensor | None) -> Tensor:
+        mkldnn = torch.ops.mkldnn
+        if self.act is None and residual is not None:
+            return mkldnn._linear_pointwise.binary(x, residual, self.blocked, self.bias, "add")
+        post_op, algorithm = self.fused_act or ("none", "")
+        y = mkldnn._linear_pointwise(x, self.blocked, self.bias, post_op, [], algorithm)
+        y = y if self.act is None or self.fused_act else self.act(y)
+        return y if residual is None else y + residual
+
+
+def pack_for_cpu(model: nn.Module, dtype: torch.dtype) -> None:
+    """CPU bf16/fp16 on a CPU with units for it: every `Linear` from oneDNN's blocked weights (`Linear.pack`)."""
+    probe = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}.get(dtype)
+    try:
+        native = probe is not None and torch.backends.mkldnn.is_available() and getattr(torch.ops.mkldnn, probe)()
+    except (AttributeError, RuntimeError):   # torch built without oneDNN
+        native = False
+    if native:
+        for module in model.modules():
+            if isinstance(module, Linear):
+                module.pack()
 
 
 class Int8Linear(nn.Module):
@@ -112,25 +164,31 @@ class Int8Linear(nn.Module):
         observer(linear.weight)
         weight = _quantize_weight(linear.weight.float(), observer)
         self.packed = torch.ops.quantized.linear_prepack(weight, linear.bias)
+        self.act = getattr(linear, "act", None)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self.packed, reduce_range=True).to(x.dtype)
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        y = torch.ops.quantized.linear_dynamic(x, self.packed, reduce_range=True).to(x.dtype)
+        y = y if self.act is None else self.act(y)
+        return y if residual is None else y + residual
 
 
 class GroupedLinear(nn.Module):
     """ConvBERT's grouped dense layer: weight (groups, in/groups, out/groups), applied as x @ W (no transpose)."""
 
-    def __init__(self, in_features: int, out_features: int, groups: int):
+    def __init__(self, in_features: int, out_features: int, groups: int, act: str | None = None):
         super().__init__()
         self.groups = groups
         self.weight = nn.Parameter(torch.empty(groups, in_features // groups, out_features // groups))
         self.bias = nn.Parameter(torch.empty(out_features))
+        self.act = activation(act) if act else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         lead = x.shape[:-1]
         x = x.reshape(-1, self.groups, x.shape[-1] // self.groups).transpose(0, 1)  # (G, N, in/G)
         x = torch.bmm(x, self.weight).transpose(0, 1)                                 # (N, G, out/G)
-        return x.reshape(*lead, -1) + self.bias
+        y = x.reshape(*lead, -1) + self.bias
+        y = y if self.act is None else self.act(y)
+        return y if residual is None else y + residual
 
 
 def embedding(num_embeddings: int, dim: int) -> nn.Embedding:
@@ -142,8 +200,10 @@ def embedding(num_embeddings: int, dim: int) -> nn.Embedding:
     return nn.Embedding(num_embeddings, dim, _weight=torch.empty(num_embeddings, dim))
 
 
-def dense(in_features: int, out_features: int, groups: int = 1) -> nn.Module:
-    return Linear(in_features, out_features) if groups == 1 else GroupedLinear(in_features, out_features, groups)
+def dense(in_features: int, out_features: int, groups: int = 1, act: str | None = None) -> nn.Module:
+    if groups == 1:
+        return Linear(in_features, out_features, act=act)
+    return GroupedLinear(in_features, out_features, groups, act)
 
 
 class SelfAttention(nn.Module):

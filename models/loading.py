@@ -20,7 +20,7 @@ from models.checkpoint import CheckpointError, check_architectures, fingerprint,
 from models.config import ConfigError, EncoderConfig
 from models.encoder import Encoder
 from models.heads import NoHead, Pooling, SpanPredictor, TokenClassifier
-from models.layers import Int8Linear
+from models.layers import Int8Linear, pack_for_cpu
 from models.registry import Family
 from models.sentence_transformers import dense_weights, embedding_width, modules_from_folder
 
@@ -106,7 +106,10 @@ def load_model(folder: str | Path, task: str, dtype: torch.dtype = torch.float32
     check_state(model, state, names, origin, task, config)
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
     model.weight_files = files
-    return model.to(device).eval().requires_grad_(False)
+    model = model.to(device).eval().requires_grad_(False)
+    if torch.device(device).type == "cpu":
+        pack_for_cpu(model, dtype)
+    return model
 
 
 def quantize_int8(model: TaskModel) -> TaskModel:

@@ -20,6 +20,7 @@ from checkpoints import (
 )
 
 from models import load_model
+from models.layers import Linear
 
 ATOL = 1e-5
 LENGTHS = [9, 23, 4, 16, 30]  # special tokens included; distinct so every row has its own padding
@@ -172,13 +173,18 @@ def test_embed_settings_from_sentence_transformers_folder(tmp_path, pooling, nor
 # ---- dtype -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("family", "head"), [("bert", "ner"), ("roberta", "base"), ("convbert", "qa")])
+@pytest.mark.parametrize(("family", "head"), [("bert", "ner"), ("roberta", "base"), ("convbert", "qa"),
+                                              ("distilbert", "ner")])
 def test_bf16_close_to_fp32(tmp_path, family, head):
+    """On a CPU with bf16 units every linear layer runs from oneDNN's blocked weights (models.layers.Linear)."""
     folder, hf = make_checkpoint(tmp_path, family, head, tokenizer=False)
     ids, mask, _ = random_batch(family, LENGTHS, hf.config.vocab_size)
     fp32 = run_ours(load_model(folder, head), ids, mask, None)
     model = load_model(folder, head, dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert linears and all((m.blocked is not None) == native for m in linears)
     bf16 = run_ours(model, ids, mask, None)
     real = mask.bool()
     diff = (bf16.float()[real] - fp32[real]).abs().max().item()
