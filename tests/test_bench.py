@@ -54,6 +54,7 @@ def test_report_has_every_target(tmp_path):
            "model_busy_seconds": 8.0}
     other = {"seconds": 20.0, "peak_rss_mb": 90.0, "docs": 100}
     ner = {"hf_bs1": other, "hf_bs16_sorted": other, **{f"{w}_{d}": job for w in ("ours", "bare") for d in run.DTYPES},
+           "model_stage_float32": {"docs": 100, "real_tokens": 5000, "model_seconds": 5.0},
            "demo_agreement": {"docs": 300, "bfloat16": 0.997, "int8": 1.0},
            "random_model_agreement": {"bfloat16": 0.95, "int8": 0.9}}
     embed = {"st_bs32": other, "ours_big": {**job, "docs": 1000, "seconds": 50.0},
@@ -66,6 +67,8 @@ def test_report_has_every_target(tmp_path):
     assert text.count("| target") == 1 and "≥ 3×" in text and "1.10 (100 → 110 MB)" in text
     assert "| embed, 10× corpus | ours_bfloat16 | 20.0 |" in text and "| 4.00× / 2.00× |" in text
     assert "NER bfloat16 80% of 10 s" in text   # the model actors' busy share of a job's wall time
+    # FLOP/s from the model stage's own seconds; a run without that step falls back to the bare loop's wall time
+    assert "| model stage FLOP/s vs matmul, fp32 / bf16 (≥ 60%) | 113% / 24% " in text
     # a CPU without bf16 units: the suite runs fp32 and int8 only, and says why bf16 is missing
     no_bf16 = {**results, "dtypes": ("float32", "int8"), "big_dtype": "float32", "matmul": {"float32": 1.5e11}}
     text_no_bf16 = run.table(no_bf16)
