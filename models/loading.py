@@ -54,8 +54,13 @@ class TaskModel(nn.Module):
         return self.encoder.embeddings.max_tokens
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
-        hidden = self.encoder(input_ids, attention_mask, token_type_ids if self.uses_token_type_ids else None)
-        return self.head(hidden, attention_mask)
+        return self.forward_batches([(input_ids, attention_mask, token_type_ids)])[0]
+
+    def forward_batches(self, batches: list[tuple[Tensor, Tensor, Tensor | None]]) -> list[Tensor]:
+        """Several right-padded batches in one pass (`Encoder.forward_batches`), each through the head."""
+        types = self.uses_token_type_ids
+        hidden = self.encoder.forward_batches([(ids, mask, t if types else None) for ids, mask, t in batches])
+        return [self.head(h, mask) for h, (_, mask, _) in zip(hidden, batches)]
 
 
 def build_head(family: Family, config: EncoderConfig, task: str, folder: Path,

@@ -150,6 +150,21 @@ def micro_batches(lengths: np.ndarray, batch_tokens: int, padding: tuple[float, 
     return order, groups
 
 
+def passes(batches: list[np.ndarray], lengths: np.ndarray, batch_tokens: int) -> list[list[np.ndarray]]:
+    """Consecutive micro-batches joined into forward passes of at most `batch_tokens` padded tokens (a micro-batch
+    over the budget goes alone): the linear layers see all of a pass's tokens at once (`Encoder.forward_batches`)."""
+    out: list[list[np.ndarray]] = []
+    tokens = batch_tokens
+    for members in batches:
+        size = len(members) * int(lengths[members[0]])
+        if tokens + size > batch_tokens:
+            out.append([])
+            tokens = 0
+        out[-1].append(members)
+        tokens += size
+    return out
+
+
 class Infer(Stage):
     name = "infer"
     requires = (WINDOWS,)
@@ -178,7 +193,7 @@ class Infer(Stage):
         self.batch_tokens = config.batch_tokens   # halved on running out of GPU memory (`_shrink`)
         # Output width from one tiny forward pass, so a batch without windows has the same column type.
         probe = np.zeros(1, dtype=np.int32)
-        self.width = int(self._launch([probe], [probe], np.array([1]), np.array([0])).shape[-1])
+        self.width = int(self._launch([probe], [probe], np.array([1]), [np.array([0])])[0].shape[-1])
 
     def _set_threads(self) -> None:
         """Intra-op threads for the calling thread: OpenMP keeps the thread count per thread, and a
@@ -243,39 +258,41 @@ class Infer(Stage):
     def _run(self, ids: list[np.ndarray], type_ids: list[np.ndarray], lengths: np.ndarray):
         """Per window (in input order): the output rows as a list<fixed_size_list<float32>> array, padded length.
 
-        Each micro-batch's forward and its copy back to the host are queued before the previous one's
+        Each pass's forward and its copy back to the host are queued before the previous one's
         output is read: on a GPU the next forward runs while this thread slices outputs and pads inputs
-        (on CPU the order of work is the same as one by one). A micro-batch the GPU has no memory for
-        halves the budget of this actor's micro-batches from then on (outputs never depend on it).
+        (on CPU the order of work is the same as one by one). A pass the GPU has no memory for
+        halves the budget of this actor's passes from then on (outputs never depend on it).
         """
         import torch
 
         results: list[np.ndarray | None] = [None] * len(ids)
         padded = np.zeros(len(ids), dtype=np.int64)
-        pending = self._micro_batches(np.argsort(-lengths, kind="stable"), lengths)
+        pending = self._passes(np.argsort(-lengths, kind="stable"), lengths)
 
-        def collect(members: np.ndarray, out, copied) -> None:
+        def collect(batches: list[np.ndarray], outs: list, copied) -> None:
             if copied is not None:
                 copied.synchronize()
-            out = out.numpy()
-            for row, window in enumerate(members):
-                # (T, W) per token, or (W,) per sequence → one vector per entry
-                results[window] = out[row, : lengths[window]] if out.ndim == 3 else out[row][None, :]
-            padded[members] = int(lengths[members[0]])
+            for members, out in zip(batches, outs):
+                out = out.numpy()
+                for row, window in enumerate(members):
+                    # (T, W) per token, or (W,) per sequence → one vector per entry
+                    results[window] = out[row, : lengths[window]] if out.ndim == 3 else out[row][None, :]
+                padded[members] = int(lengths[members[0]])
 
         previous = None
         while pending:
-            members = pending.pop(0)
+            batches = pending.pop(0)
             self._set_threads()
             try:
-                launched = (members, *self._to_host(self._launch(ids, type_ids, lengths, members)))
+                launched = (batches, *self._to_host(self._launch(ids, type_ids, lengths, batches)))
             except (torch.OutOfMemoryError, RuntimeError) as error:
                 if not _out_of_memory(error):
                     raise
                 launched = None   # handled below, once the failed forward's tensors are freed with the error
             if launched is None:
-                self._shrink(len(members), int(lengths[members[0]]))
-                pending = self._micro_batches(np.concatenate([members, *pending]), lengths)
+                windows = np.concatenate(batches + [m for later in pending for m in later])
+                self._shrink(batches, lengths)
+                pending = self._passes(windows, lengths)
                 continue
             if previous is not None:
                 collect(*previous)
@@ -284,55 +301,59 @@ class Infer(Stage):
             collect(*previous)
         return _vectors(results, self.width), padded
 
-    def _micro_batches(self, windows: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
-        """`windows` (longest first) cut into micro-batches under this actor's budget: window indices per batch."""
+    def _passes(self, windows: np.ndarray, lengths: np.ndarray) -> list[list[np.ndarray]]:
+        """`windows` (longest first) cut into micro-batches under this actor's budget (window indices per batch),
+        and those into forward passes of at most `batch_tokens` padded tokens together (`passes`)."""
         order, groups = micro_batches(lengths[windows], self.batch_tokens, PADDING[self.device])
-        return [windows[order[group]] for group in groups]
+        return passes([windows[order[group]] for group in groups], lengths, self.batch_tokens)
 
-    def _shrink(self, rows: int, width: int) -> None:
-        """Out of GPU memory in a micro-batch of `rows` windows padded to `width`: later ones get at most
-        half of its tokens; a single window has nothing to split."""
+    def _shrink(self, batches: list[np.ndarray], lengths: np.ndarray) -> None:
+        """Out of GPU memory in a pass of these micro-batches: later passes get at most half of its padded
+        tokens; a single window has nothing to split."""
         import torch
 
         if self.device == "cuda":
             torch.cuda.empty_cache()
-        if rows == 1:
-            raise torch.OutOfMemoryError(f"out of {self.device} memory in a single window of {width} tokens: the "
+        tokens = sum(len(members) * int(lengths[members[0]]) for members in batches)
+        if sum(len(members) for members in batches) == 1:
+            raise torch.OutOfMemoryError(f"out of {self.device} memory in a single window of {tokens} tokens: the "
                                          "device has too little free memory for this model")
-        tokens = rows * width
         self.batch_tokens = max(1, min(self.batch_tokens, tokens) // 2)
         logging.getLogger(__name__).warning(
-            "out of %s memory in a micro-batch of %d padded tokens: --batch-tokens %d from now on in this actor",
+            "out of %s memory in a pass of %d padded tokens: --batch-tokens %d from now on in this actor",
             self.device, tokens, self.batch_tokens)
 
-    def _to_host(self, out):
-        """(the output as float32 on the host, an event to wait for first or None): from a GPU the copy is
-        queued behind the forward into pinned memory, and waited for only when the output is read."""
+    def _to_host(self, outs: list) -> tuple[list, object]:
+        """(the outputs as float32 on the host, an event to wait for first or None): from a GPU the copies are
+        queued behind the forward into pinned memory, and waited for only when the outputs are read."""
         import torch
 
         if self.device == "cpu":
-            return out.float(), None
-        host = out.float().to("cpu", non_blocking=True)
+            return [out.float() for out in outs], None
+        host = [out.float().to("cpu", non_blocking=True) for out in outs]
         copied = torch.cuda.Event()
         copied.record()
         return host, copied
 
-    def _launch(self, ids: list[np.ndarray], type_ids: list[np.ndarray], lengths: np.ndarray, members: np.ndarray):
-        """One right-padded micro-batch of the given windows (longest first) → its output tensor, on the device."""
+    def _launch(self, ids: list[np.ndarray], type_ids: list[np.ndarray], lengths: np.ndarray,
+                batches: list[np.ndarray]) -> list:
+        """One forward pass over micro-batches of the given windows (each longest first, right-padded to its
+        longest) → their output tensors, on the device."""
         import torch
 
-        width = int(lengths[members[0]])
-        input_ids = np.full((len(members), width), self.pad_id, dtype=np.int64)
-        token_types = np.zeros((len(members), width), dtype=np.int64)
-        mask = np.zeros((len(members), width), dtype=np.int64)
-        for row, window in enumerate(members):
-            n = int(lengths[window])
-            input_ids[row, :n], token_types[row, :n], mask[row, :n] = ids[window], type_ids[window], 1
+        padded = []
+        for members in batches:
+            width = int(lengths[members[0]])
+            input_ids = np.full((len(members), width), self.pad_id, dtype=np.int64)
+            token_types = np.zeros((len(members), width), dtype=np.int64)
+            mask = np.zeros((len(members), width), dtype=np.int64)
+            for row, window in enumerate(members):
+                n = int(lengths[window])
+                input_ids[row, :n], token_types[row, :n], mask[row, :n] = ids[window], type_ids[window], 1
+            padded.append((self._to_device(input_ids), self._to_device(mask),
+                           self._to_device(token_types) if self.model.uses_token_type_ids else None))
         with torch.inference_mode():
-            return self.model(
-                self._to_device(input_ids), self._to_device(mask),
-                self._to_device(token_types) if self.model.uses_token_type_ids else None,
-            )
+            return self.model.forward_batches(padded)
 
     def _to_device(self, array: np.ndarray):
         """A host array on the model's device; to a GPU from pinned memory, without waiting for the copy."""

@@ -85,8 +85,8 @@ omp_get_max_threads = ctypes.CDLL(gomp).omp_get_max_threads
 infer = Infer(InferConfig(sys.argv[1], "ner", device="cpu", threads=1, core_group=sys.argv[2], node_threads=2))
 table = Tokenize(TokenizeConfig(sys.argv[1], max_length=32))(ValidateText(ValidateConfig())(docs_table(["John Smith"])))
 seen = []
-forward = infer.model.forward
-infer.model.forward = lambda *args: seen.append(omp_get_max_threads()) or forward(*args)
+forward = infer.model.forward_batches
+infer.model.forward_batches = lambda *args: seen.append(omp_get_max_threads()) or forward(*args)
 infer(table)
 Path(sys.argv[3]).touch()
 infer(table)

@@ -112,6 +112,22 @@ def test_classify_problem_types(tmp_path, family, problem_type, num_labels):
     assert len(model.config.id2label) == num_labels
 
 
+@pytest.mark.parametrize(("family", "head"), [("bert", "ner"), ("roberta", "classify"), ("distilbert", "qa"),
+                                              ("convbert", "ner"), ("convbert", "classify")])
+def test_batches_of_other_widths_in_one_pass_give_each_batchs_own_output(tmp_path, family, head):
+    """`forward_batches`: the linear layers see every batch's tokens at once; each output is its batch's alone."""
+    folder, hf = make_checkpoint(tmp_path, family, head, tokenizer=False)
+    model = load_model(folder, head)
+    batches = [random_batch(family, lengths, hf.config.vocab_size, seed=seed, pair=family == "bert")
+               for seed, lengths in enumerate([LENGTHS, [3, 5], [12]])]
+    with torch.no_grad():
+        together = model.forward_batches(batches)
+        for (ids, mask, types), got in zip(batches, together):
+            alone = run_ours(model, ids, mask, types)
+            assert got.shape == alone.shape
+            assert_close_on_real_tokens(got, alone, mask, head)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_model_metadata(tmp_path, family):
     folder, _ = make_checkpoint(tmp_path / "a", family, "ner", tokenizer=False)

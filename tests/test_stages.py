@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from models.layers import Int8Linear
-from pipeline.infer import PADDING, Infer, InferConfig, micro_batches
+from pipeline.infer import PADDING, Infer, InferConfig, micro_batches, passes
 from pipeline.ner_decode import NerWindow, decode_entities
 from pipeline.ner_task import NerDecode, NerDecodeConfig
 from pipeline.read import InputError, ReadFile, check_columns, list_input_files
@@ -152,6 +152,16 @@ def test_micro_batches_respect_the_token_budget():
         members = order[group]
         assert len(members) == 1 or len(members) * lengths[members].max() <= 60
     assert lengths[order].tolist() == sorted(lengths.tolist(), reverse=True)
+
+
+def test_passes_join_consecutive_micro_batches_within_the_budget():
+    lengths = np.array([50, 48, 30, 29, 10, 9, 9, 100])
+    batches = [np.array([7]), np.array([0, 1]), np.array([2, 3]), np.array([4, 5, 6])]   # 100, 100, 60, 30 tokens
+    joined = passes(batches, lengths, batch_tokens=120)
+    assert [[b.tolist() for b in p] for p in joined] == [[[7]], [[0, 1]], [[2, 3], [4, 5, 6]]]
+    assert [[b.tolist() for b in p] for p in passes(batches, lengths, batch_tokens=50)] == [[[7]], [[0, 1]], [[2, 3]],
+                                                                                             [[4, 5, 6]]]
+    assert passes([], lengths, 100) == []
 
 
 def test_micro_batches_bound_the_padding_of_each_window():
@@ -417,8 +427,8 @@ omp_get_max_threads = ctypes.CDLL(gomp).omp_get_max_threads
 infer = Infer(InferConfig(sys.argv[1], "ner", device="cpu", threads=2, dtype=sys.argv[2]))
 table = Tokenize(TokenizeConfig(sys.argv[1], max_length=32))(ValidateText(ValidateConfig())(docs_table(["John Smith"])))
 seen = []
-forward = infer.model.forward
-infer.model.forward = lambda *args: seen.append(omp_get_max_threads()) or forward(*args)
+forward = infer.model.forward_batches
+infer.model.forward_batches = lambda *args: seen.append(omp_get_max_threads()) or forward(*args)
 worker = threading.Thread(target=infer, args=(table,))
 worker.start()
 worker.join()
@@ -453,23 +463,23 @@ def test_int8_quantises_the_encoders_linear_layers_on_cpu_only(ner_checkpoint):
 
 
 class DeviceMemory:
-    """A model that raises as CUDA does when a micro-batch has more than `limit` padded tokens."""
+    """A model that raises as CUDA does when a forward pass has more than `limit` padded tokens."""
 
     def __init__(self, model, limit: int) -> None:
-        self.model, self.limit, self.shapes = model, limit, []
+        self.model, self.limit, self.passes = model, limit, []
 
     def __getattr__(self, name: str):
         return getattr(self.model, name)
 
-    def __call__(self, input_ids, *args):
-        self.shapes.append(tuple(input_ids.shape))
-        if input_ids.numel() > self.limit:
+    def forward_batches(self, batches):
+        self.passes.append([tuple(input_ids.shape) for input_ids, _, _ in batches])
+        if sum(input_ids.numel() for input_ids, _, _ in batches) > self.limit:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
-        return self.model(input_ids, *args)
+        return self.model.forward_batches(batches)
 
 
-def test_a_micro_batch_out_of_device_memory_is_split_and_the_budget_halved(ner_stages, ner_checkpoint, caplog):
-    """A micro-batch the GPU has no memory for runs again in halves, later ones under the halved
+def test_a_pass_out_of_device_memory_is_split_and_the_budget_halved(ner_stages, ner_checkpoint, caplog):
+    """A forward pass the GPU has no memory for runs again in halves, later ones under the halved
     budget; the outputs are those of a run with memory enough."""
     tokenize, _ = ner_stages
     tokenized = tokenize(ValidateText(ValidateConfig())(docs_table(make_texts(8))))
@@ -479,10 +489,11 @@ def test_a_micro_batch_out_of_device_memory_is_split_and_the_budget_halved(ner_s
     out = infer(tokenized)
     assert out.column(OUTPUTS).to_pylist() == reference.column(OUTPUTS).to_pylist()
     assert infer.batch_tokens <= 200 and "--batch-tokens" in caplog.text
-    shapes = infer.model.shapes
-    assert shapes[0][0] * shapes[0][1] > 200   # the first micro-batch did not fit
+    tokens = [sum(rows * width for rows, width in shapes) for shapes in infer.model.passes]
+    assert tokens[0] > 200   # the first pass did not fit
     windows = sum(len(doc) for doc in tokenized.column(WINDOWS).to_pylist())
-    assert sum(rows for rows, width in shapes if rows * width <= 200) == windows   # each ran once, in the end
+    ran = [rows for shapes, n in zip(infer.model.passes, tokens) if n <= 200 for rows, _ in shapes]
+    assert sum(ran) == windows   # each window ran once, in the end
 
     infer.model = DeviceMemory(infer.model.model, limit=0)
     with pytest.raises(torch.OutOfMemoryError, match="a single window of"):
