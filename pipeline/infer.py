@@ -2,8 +2,10 @@
 
 Windows are sorted by length (longest first) and cut into micro-batches whose padded size
 (rows × longest row) stays under `batch_tokens`; each micro-batch is padded only to its own
-longest window, and a long one never pads much shorter ones (see `micro_batches`). Outputs go back in the original order, nested per document: for each window a
-list of float32 vectors, one per token (NER, QA) or a single one (classification, embeddings).
+longest window, and a long one never pads much shorter ones (see `micro_batches`). Consecutive
+micro-batches run together in forward passes of up to `batch_tokens` (`passes`). Outputs go back in
+the original order, nested per document: for each window a list of float32 vectors, one per token
+(NER, QA) or a single one (classification, embeddings).
 """
 
 from __future__ import annotations
