@@ -120,6 +120,11 @@ def _native_on_cpu(dtype: str) -> bool:
         return True
 
 
+# Padded tokens per forward pass at most on CPU (`passes`): bf16 matmuls on AMX gain little past 2,048 rows,
+# and an actor takes an idle one's threads only between passes (pipeline.cores): a pass of 16,384 tokens
+# ran 25 s on one thread (BERT-base fp32), and NER jobs went 13-20% slower with passes that large.
+CPU_PASS_TOKENS = 2048
+
 # A micro-batch also ends where a window would be padded by more than a fraction of the longest
 # (or a few tokens): with a large budget, short windows would otherwise be padded to a long one.
 # On CPU every padded token costs as much as a real one and a forward pass costs little, so the
@@ -305,9 +310,11 @@ class Infer(Stage):
 
     def _passes(self, windows: np.ndarray, lengths: np.ndarray) -> list[list[np.ndarray]]:
         """`windows` (longest first) cut into micro-batches under this actor's budget (window indices per batch),
-        and those into forward passes of at most `batch_tokens` padded tokens together (`passes`)."""
+        and those into forward passes of at most `batch_tokens` padded tokens together (`passes`; on CPU at
+        most CPU_PASS_TOKENS)."""
         order, groups = micro_batches(lengths[windows], self.batch_tokens, PADDING[self.device])
-        return passes([windows[order[group]] for group in groups], lengths, self.batch_tokens)
+        budget = min(self.batch_tokens, CPU_PASS_TOKENS) if self.device == "cpu" else self.batch_tokens
+        return passes([windows[order[group]] for group in groups], lengths, budget)
 
     def _shrink(self, batches: list[np.ndarray], lengths: np.ndarray) -> None:
         """Out of GPU memory in a pass of these micro-batches: later passes get at most half of its padded
