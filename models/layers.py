@@ -98,8 +98,8 @@ class Linear(nn.Linear):
     On CPU in bf16/fp16 (`pack`), oneDNN runs it from weights reordered once into its blocked layout, and
     applies GELU/ReLU or the residual add inside the matmul (`torch.ops.mkldnn._linear_pointwise`, the kernels
     torch.compile's CPU backend emits): BERT-base's forward ran 1.4–1.5× faster than an `addmm` per linear
-    followed by GELU and add, which spent ≈ 45% of the time on GELU and on copying the bias into the
-    output (bench/NOTES.md). Rows go through `by_rows`. fp32 (MKL), CUDA and CPUs without bf16/fp16 units
+    followed by GELU and add, which spent ≈ 30% of the time in a separate GELU and in copying the bias
+    into the output (bench/NOTES.md). Rows go through `by_rows`. fp32 (MKL), CUDA and CPUs without bf16/fp16 units
     take the plain path.
     """
 
