@@ -130,14 +130,20 @@ class Linear(nn.Linear):
         return y if residual is None else y + residual
 
 
+def half_units(dtype: torch.dtype) -> bool | None:
+    """Whether this CPU has bf16/fp16 matrix units oneDNN uses (AVX-512 BF16/FP16, AMX, Arm's), None where
+    torch cannot tell (no probe, or built without oneDNN)."""
+    name = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}.get(dtype)
+    probe = getattr(torch.ops.mkldnn, name, None) if name else None
+    try:
+        return None if probe is None else bool(probe())
+    except RuntimeError:
+        return None
+
+
 def pack_for_cpu(model: nn.Module, dtype: torch.dtype) -> None:
     """CPU bf16/fp16 on a CPU with units for it: every `Linear` from oneDNN's blocked weights (`Linear.pack`)."""
-    probe = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}.get(dtype)
-    try:
-        native = probe is not None and torch.backends.mkldnn.is_available() and getattr(torch.ops.mkldnn, probe)()
-    except (AttributeError, RuntimeError):   # torch built without oneDNN
-        native = False
-    if native:
+    if torch.backends.mkldnn.is_available() and half_units(dtype):
         for module in model.modules():
             if isinstance(module, Linear):
                 module.pack()

@@ -113,11 +113,9 @@ def slow_on_this_cpu(dtype: str) -> str | None:
 def _native_on_cpu(dtype: str) -> bool:
     import torch
 
-    probe = getattr(torch.ops.mkldnn, f"_is_mkldnn_{'bf16' if dtype == 'bfloat16' else 'fp16'}_supported", None)
-    try:
-        return probe is None or bool(probe())
-    except RuntimeError:    # torch built without oneDNN: nothing to tell
-        return True
+    from models.layers import half_units
+
+    return half_units(getattr(torch, dtype)) is not False   # where torch cannot tell: nothing to refuse
 
 
 # Padded tokens per forward pass at most on CPU (`passes`): bf16 matmuls on AMX gain little past 2,048 rows,
@@ -163,13 +161,18 @@ def passes(batches: list[np.ndarray], lengths: np.ndarray, batch_tokens: int) ->
     out: list[list[np.ndarray]] = []
     tokens = batch_tokens
     for members in batches:
-        size = len(members) * int(lengths[members[0]])
+        size = padded_tokens(members, lengths)
         if tokens + size > batch_tokens:
             out.append([])
             tokens = 0
         out[-1].append(members)
         tokens += size
     return out
+
+
+def padded_tokens(members: np.ndarray, lengths: np.ndarray) -> int:
+    """A micro-batch's size: its windows (longest first) × the longest."""
+    return len(members) * int(lengths[members[0]])
 
 
 class Infer(Stage):
@@ -323,7 +326,7 @@ class Infer(Stage):
 
         if self.device == "cuda":
             torch.cuda.empty_cache()
-        tokens = sum(len(members) * int(lengths[members[0]]) for members in batches)
+        tokens = sum(padded_tokens(members, lengths) for members in batches)
         if sum(len(members) for members in batches) == 1:
             raise torch.OutOfMemoryError(f"out of {self.device} memory in a single window of {tokens} tokens: the "
                                          "device has too little free memory for this model")

@@ -4,12 +4,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.layers import ROW_CHUNK, ROW_STEP, Int8Linear, Linear, activation, by_rows, pack_for_cpu
+from models.layers import (
+    ROW_CHUNK,
+    ROW_STEP,
+    Int8Linear,
+    Linear,
+    activation,
+    by_rows,
+    half_units,
+    pack_for_cpu,
+)
 
 
 def _native(dtype: torch.dtype) -> bool:
-    name = "_is_mkldnn_bf16_supported" if dtype == torch.bfloat16 else "_is_mkldnn_fp16_supported"
-    return torch.backends.mkldnn.is_available() and bool(getattr(torch.ops.mkldnn, name)())
+    return torch.backends.mkldnn.is_available() and bool(half_units(dtype))
 
 
 def test_by_rows_sees_a_bounded_set_of_row_counts_and_keeps_every_row():
