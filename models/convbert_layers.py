@@ -41,10 +41,10 @@ class MixedAttention(SelfAttention):
         self.conv_kernel_layer = Linear(width, heads * self.kernel)
         self.conv_out_layer = Linear(cfg.hidden_size, width)
 
-    def forward(self, x: Tensor, attn_bias: Tensor, keep: Tensor) -> Tensor:
+    def forward(self, x: Tensor, qkv: Tensor, attn_bias: Tensor, keep: Tensor) -> Tensor:
         b, t, _ = x.shape
         h, d, k = self.num_heads, self.head_size, self.kernel
-        q, key, v = self.project(x)
+        q, key, v = self.heads(qkv)
         context = self.attend(q, key, v, attn_bias).view(b, t, h, d)
 
         x = x * keep                                                                  # pads → 0

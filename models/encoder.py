@@ -66,10 +66,12 @@ class Block(nn.Module):
         self.ffn_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
 
     def forward(self, x: Tensor, batches: list[Batch]) -> Tensor:
-        """`x`: the rows (tokens) of every batch, one after the other, (N, H). The mixer sees each batch on
-        its own; what follows it works token by token, over all of them at once."""
-        parts = [self.mixer(rows.view(*b.shape, -1), b.attn_bias, b.keep).reshape(rows.shape[0], -1)
-                 for rows, b in zip(x.split([b.rows for b in batches]), batches)]
+        """`x`: the rows (tokens) of every batch, one after the other, (N, H). The mixer's attention sees each
+        batch on its own; its q/k/v projection and what follows it work token by token, over all of them at once."""
+        sizes = [b.rows for b in batches]
+        qkv = self.mixer.qkv(x)   # projected over every token of the pass at once: one matmul, not one per batch
+        parts = [self.mixer(rows.view(*b.shape, -1), projected.view(*b.shape, -1), b.attn_bias, b.keep)
+                 .reshape(rows.shape[0], -1) for rows, projected, b in zip(x.split(sizes), qkv.split(sizes), batches)]
         mixed = parts[0] if len(parts) == 1 else torch.cat(parts)
         if x.device.type != "cpu":
             return self.rowwise(mixed, x)

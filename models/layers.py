@@ -230,14 +230,16 @@ class SelfAttention(nn.Module):
             self.max_positions = max_positions
             self.distance_embedding = embedding(2 * max_positions - 1, head_size)
 
-    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        b, t, _ = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
-        return q, k, v                                                                # each (B, h, T, d)
+    def heads(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k and v, each (B, h, T, d), from a batch's `qkv` projection (B, T, 3 * h * d)."""
+        b, t, _ = qkv.shape
+        q, k, v = qkv.view(b, t, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
+        return q, k, v
 
-    def forward(self, x: Tensor, attn_bias: Tensor, keep: Tensor | None = None) -> Tensor:
-        q, k, v = self.project(x)
-        return self.attend(q, k, v, attn_bias)
+    def forward(self, x: Tensor, qkv: Tensor, attn_bias: Tensor, keep: Tensor | None = None) -> Tensor:
+        """One batch: its rows `x` (B, T, H) and their `self.qkv(x)`, which the caller projects over every
+        batch of a pass at once (one matmul of all its tokens; `Block.forward`)."""
+        return self.attend(*self.heads(qkv), attn_bias)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_bias: Tensor) -> Tensor:
         if self.relative:
