@@ -6,6 +6,7 @@ own options in a subclass. Field descriptions are the `--help` texts.
 
 from __future__ import annotations
 
+import csv
 import json
 from typing import ClassVar, Literal
 
@@ -75,7 +76,7 @@ class JobConfig(_SharedChecks):
     text_column: str = Field("text", description="column holding the text to annotate")
     id_column: str = Field("id", description="column identifying each row; copied into results and errors")
     keep_columns: tuple[str, ...] = Field(
-        (), description="input columns copied unchanged into the results (space- or comma-separated)")
+        (), description="input columns copied unchanged into the results (space- or comma-separated; '\"a, b\"' for a name holding a comma)")
     max_chars: int = Field(100_000, ge=1, description="texts longer than this many characters (code points) become "
                                                      "error rows (text_too_long) instead of being annotated")
     max_length: int | None = Field(
@@ -324,9 +325,11 @@ def underscored(options: dict, where: str) -> dict:
 
 
 def _comma_list(value):
-    """Accept `a,b`, ["a", "b"] and ["a,b"] alike."""
+    """Accept `a,b`, ["a", "b"] and ["a,b"] alike; a name holding a comma in double quotes, as in CSV
+    (`'"lat, lon",date'`; a quote inside one doubled)."""
     if isinstance(value, str):
         value = [value]
     if isinstance(value, list | tuple):
-        return tuple(part.strip() for item in value for part in str(item).split(",") if part.strip())
+        return tuple(part.strip() for item in value for part in next(csv.reader([str(item)], skipinitialspace=True), [])
+                     if part.strip())
     return value

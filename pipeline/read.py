@@ -171,8 +171,8 @@ def check_columns(schema: pa.Schema, required: list[tuple[str, str]]) -> None:
     for flag, column in required:
         if column not in schema.names:
             split = [name for name in schema.names if column in (part.strip() for part in name.split(","))]
-            hint = (f" ({split[0]!r} holds a comma, at which {flag} splits its names: such a column cannot be kept; "
-                    "rename it)") if split and flag == "--keep-columns" else ""
+            hint = (f" ({split[0]!r} holds a comma, at which {flag} splits its names: put it in double quotes, "
+                    f"'\"{split[0]}\"')") if split and flag == "--keep-columns" else ""
             raise InputError(f"{flag} {column!r}: no such column in the input{hint}; columns: "
                              f"{', '.join(schema.names)}")
 

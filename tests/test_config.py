@@ -60,19 +60,25 @@ def test_partition_column_is_kept():
     assert config.result_columns == ("id", "date", "lang")
 
 
-def test_keep_columns_split_at_commas_and_flags_are_never_abbreviated():
+def test_keep_columns_split_at_commas_and_flags_are_never_abbreviated(tmp_path):
     """NER's own comma splitter (--ignore-labels) once replaced the one --keep-columns shares with every job."""
     assert parse(*REQUIRED, "--keep-columns", "date,lang").keep_columns == ("date", "lang")
     with pytest.raises(SystemExit):
         parse(*REQUIRED, "--over")           # argparse would take it for --overwrite
-    # ... so a column whose name holds a comma cannot be kept; the refusal says why
+    # ... so a column whose name holds a comma is kept in double quotes, as in CSV; unquoted, the refusal says how
     import pyarrow as pa
 
     from pipeline.read import InputError, check_columns
 
-    schema = pa.schema([("id", pa.string()), ("lat, lon", pa.string())])
-    with pytest.raises(InputError, match=r"'lat': no such column in the input \('lat, lon' holds a comma, at which --keep-col"):
+    schema = pa.schema([("id", pa.string()), ("lat, lon", pa.string()), ('say "hi"', pa.string())])
+    with pytest.raises(InputError, match=r"""'lat': no such column in the input \('lat, lon' holds a comma, at which """
+                                         r"""--keep-columns splits its names: put it in double quotes, '"lat, lon"'\)"""):
         check_columns(schema, [("--keep-columns", c) for c in parse(*REQUIRED, "--keep-columns", "lat, lon").keep_columns])
+    kept = parse(*REQUIRED, "--keep-columns", '"lat, lon", date', '"say ""hi"""').keep_columns
+    assert kept == ("lat, lon", "date", 'say "hi"')
+    check_columns(schema, [("--keep-columns", c) for c in kept[::2]])
+    (tmp_path / "job.yaml").write_text("keep_columns: ['\"lat, lon\"', date]\n")
+    assert parse(*REQUIRED, "--config", str(tmp_path / "job.yaml")).keep_columns == ("lat, lon", "date")
 
 
 @pytest.mark.parametrize(("argv", "message"), [

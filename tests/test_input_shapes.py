@@ -72,6 +72,13 @@ def test_a_kept_column_with_nulls_in_a_later_shard_only(tmp_path, ner_checkpoint
            {"a": "web", "b": None}
 
 
+def test_a_column_whose_name_holds_a_comma_is_kept_in_double_quotes(tmp_path, ner_checkpoint):
+    corpus = tmp_path / "corpus"
+    write(corpus / "0.parquet", **{"id": ["a"], "text": TEXTS[:1], "lat, lon": ["48.85, 2.35"], "src": ["web"]})
+    rows = ner(corpus, ner_checkpoint, tmp_path, keep_columns='"lat, lon",src')
+    assert {k: (r["lat, lon"], r["src"]) for k, r in rows.items()} == {"a": ("48.85, 2.35", "web")}
+
+
 @pytest.mark.parametrize("options, message", [
     ({"keep_columns": ("entities",)}, r"result columns \['entities'\] would appear twice"),
     ({"partition_by": "entities"}, r"result columns \['entities'\] would appear twice"),
