@@ -8,17 +8,18 @@ and before each micro-batch a busy actor takes its share of the node's model thr
 notion of this (its CPUs are accounting only); files keep it to the node without another process.
 
     <temp dir>/bertbatch-cores/<group>/<pid>.busy      while that process runs a batch
-    <temp dir>/bertbatch-cores/<group>/<pid>.idle      after its last batch (modified: when it ended)
+    <temp dir>/bertbatch-cores/<group>/<pid>.idle      after its last batch, or its model's load (modified: when)
 
-An actor lends its threads only once it has been without a batch for `LEND_AFTER` seconds. Between
-two batches an actor waits a moment for the next one, and an actor still loading its model has no
-mark: threads lent then would run beside the lender's own, and torch's threads meet at a barrier in
-every operator, so one preempted thread stalls the others (a MiniLM bf16 pass on 2 threads beside a
-busy 1-thread process, 2 cores: 3.6 times as long as on 1 thread). The mark of a process that is
-gone (an actor killed mid-batch) is removed by the next reader and lends nothing: Ray restarts the
-actor, which loads its model on that core. Several stages in one process (a multi-task job) run one
-after another: marks are per process. Where the folder cannot be written or read (another user's,
-say), an actor keeps its own threads: sharing is an optimisation, never a reason for a batch to fail.
+An actor lends its threads only once it has been without a batch for `LEND_AFTER` seconds: between
+two batches an actor waits a moment for the next one, and while it loads its model it has no mark at
+all (from the load's end it is idle, so an actor that gets no batch lends too). Threads lent earlier
+would run beside the lender's own, and torch's threads meet at a barrier in every operator, so one
+preempted thread stalls the others (a MiniLM bf16 pass on 2 threads beside a busy 1-thread process,
+2 cores: 3.6 times as long as on 1 thread). The mark of a process that is gone (an actor killed
+mid-batch) is removed by the next reader and lends nothing: Ray restarts the actor, which loads its
+model on that core. Several stages in one process (a multi-task job) run one after another: marks
+are per process. Where the folder cannot be written or read (another user's, say), an actor keeps
+its own threads: sharing is an optimisation, never a reason for a batch to fail.
 """
 
 from __future__ import annotations
@@ -72,10 +73,15 @@ class NodeCores:
         try:
             yield
         finally:
-            with contextlib.suppress(OSError):
-                self._idle.touch()
+            self.idle()
             with contextlib.suppress(OSError):
                 self._busy.unlink(missing_ok=True)
+
+    def idle(self) -> None:
+        """Marks this process without a batch from now: after a batch, and once its model is loaded."""
+        with contextlib.suppress(OSError):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._idle.touch()
 
     def share(self) -> int:
         """Threads for this process now: the node's threads over its group's actors, less those that lend."""

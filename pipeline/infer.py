@@ -204,6 +204,8 @@ class Infer(Stage):
         # Output width from one tiny forward pass, so a batch without windows has the same column type.
         probe = np.zeros(1, dtype=np.int32)
         self.width = int(self._launch([probe], [probe], np.array([1]), [np.array([0])])[0].shape[-1])
+        if self.cores:
+            self.cores.idle()   # loaded: its threads go to the busy actors if no batch comes (pipeline.cores)
 
     def _set_threads(self) -> None:
         """Intra-op threads for the calling thread: OpenMP keeps the thread count per thread, and a

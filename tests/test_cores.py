@@ -50,8 +50,10 @@ def test_busy_actors_share_the_nodes_threads(tmp_path, other_actor):
         assert wide.share() == 3                  # 6 threads over the 2 that do not lend
 
 
-def test_an_actor_is_busy_during_its_batch_and_idle_from_its_end(tmp_path, other_actor):
+def test_an_actor_is_idle_once_loaded_busy_during_its_batch_and_idle_from_its_end(tmp_path, other_actor):
     cores = NodeCores("job", threads=1, node_threads=2, root=tmp_path)
+    cores.idle()                                  # its model loaded: no batch yet
+    assert os.listdir(cores.folder) == [f"{os.getpid()}.idle"]
     with cores.busy():
         assert os.listdir(cores.folder) == [f"{os.getpid()}.busy"]
     ended = time.time()
@@ -117,7 +119,7 @@ seen = []
 forward = infer.model.forward_batches
 infer.model.forward_batches = lambda *args: seen.append(omp_get_max_threads()) or forward(*args)
 idle, busy = Path(sys.argv[3] + ".idle"), Path(sys.argv[3] + ".busy")
-idle.parent.mkdir(parents=True, exist_ok=True)
+print(os.listdir(idle.parent) == [f"{os.getpid()}.idle"])   # loaded: idle, lending if no batch comes
 idle.touch()
 os.utime(idle, (time.time() - 60,) * 2)
 infer(table)
@@ -140,4 +142,4 @@ def test_a_model_actor_runs_on_the_threads_of_an_idle_one(ner_checkpoint, tmp_pa
         for entry in folder.iterdir():
             entry.unlink()
         folder.rmdir()
-    assert out.stdout.strip() == "[2, 1]"
+    assert out.stdout.split() == ["True", "[2,", "1]"]
