@@ -239,7 +239,8 @@ class EmbedConfig(JobConfig):
                           "mean a prompt is in each document's first window only)")
     truncate_dim: int | None = Field(
         None, ge=1, description="keep the first N values of each embedding (Matryoshka models), as "
-                                "encode(truncate_dim=N) (default: the model's truncate_dim, else all)")
+                                "encode(truncate_dim=N); at most the embedding's width (default: the model's "
+                                "truncate_dim, else all)")
     ALTERNATIVES: ClassVar = (("prompt", "prompt_name"),)
 
     @model_validator(mode="after")

@@ -132,7 +132,15 @@ def _settings(config, model: ModelInfo):
 
 
 def _truncate_dim(config, model: ModelInfo) -> int | None:
-    return config.truncate_dim or _settings(config, model).truncate_dim
+    """--truncate-dim, else the model's truncate_dim; None where that keeps every value. A flag past the
+    embedding's width is refused (sentence-transformers returns the whole embedding); the model's own
+    setting past it keeps every value, as in sentence-transformers."""
+    width = _width(config, model)
+    if config.truncate_dim and config.truncate_dim > width:
+        raise UsageError(f"--truncate-dim {config.truncate_dim}: the model's embeddings have {width} values; "
+                         f"give at most {width}")
+    dim = config.truncate_dim or _settings(config, model).truncate_dim
+    return dim if dim and dim < width else None
 
 
 def _prompt(config, model: ModelInfo, lowercase: bool, max_length: int) -> tuple[str, int]:
@@ -157,17 +165,21 @@ def _prompt(config, model: ModelInfo, lowercase: bool, max_length: int) -> tuple
     return prompt, len(window) - int(special_last)
 
 
-def _dim(config, model: ModelInfo) -> int:
+def _width(config, model: ModelInfo) -> int:
+    """Values per embedding before any truncate_dim: the pooling's and the Dense layers'."""
     from models.checkpoint import read_config
     from models.sentence_transformers import embedding_width, modules_from_folder
 
     modes, _ = model_pooling(config, model.local)
     dense = modules_from_folder(Path(model.local))[1]   # read (and checked) by model_pooling already
     try:
-        width = embedding_width(read_config(Path(model.local))[1].hidden_size, modes, dense)
+        return embedding_width(read_config(Path(model.local))[1].hidden_size, modes, dense)
     except ValueError as error:
         raise UsageError(f"--model {config.model!r}: {error}" + (" (--pooling)" if config.pooling else "")) from None
-    return min(width, _truncate_dim(config, model) or width)
+
+
+def _dim(config, model: ModelInfo) -> int:
+    return _truncate_dim(config, model) or _width(config, model)
 
 
 def _decode_spec(config, model: ModelInfo) -> StageSpec:

@@ -39,8 +39,11 @@ PROMPTS = {"prompts": {"query": "Query: ", "passage": "PASSAGE: "}, "default_pro
     ({"pooling_mode": "mean"}, {"prompts": {"query": None}, "default_prompt_name": "query"}, {}, {}),
     ({"pooling_mode": "cls"}, {"truncate_dim": 16}, {}, {}),                           # Matryoshka
     ({"pooling_mode": "cls"}, {"truncate_dim": 16}, {"truncate_dim": 8}, {"truncate_dim": 8}),
+    ({"pooling_mode": "cls"}, {"truncate_dim": 64}, {}, {}),                           # past the width: all of it
+    ({"pooling_mode": "cls"}, {}, {"truncate_dim": 32}, {"truncate_dim": 32}),         # the width: all of it
 ], ids=["legacy-cls", "legacy-none", "v5-order", "weighted-last", "default-prompt", "prompt-name", "no-prompt",
-        "exclude-prompt", "exclude-long-prompt", "null-prompt", "truncate-dim", "truncate-dim-flag"])
+        "exclude-prompt", "exclude-long-prompt", "null-prompt", "truncate-dim", "truncate-dim-flag",
+        "truncate-dim-past-width", "truncate-dim-flag-width"])
 def test_embed_reads_sentence_transformers_folders_as_it_does(pooling, settings, flags, encode, tmp_path):
     """Pooling configs of every sentence-transformers version, prompts, and do_lower_case (a Lowercase
     normalizer: Greek final sigma, special tokens written in the text) as `encode` applies them."""
@@ -129,6 +132,8 @@ def test_embed_prompt_flags_are_checked(tmp_path):
         EMBED_TASK.feed(EmbedConfig(**base, long_text="mean"), inspect_model(str(folder)))
     with pytest.raises(ValueError, match="at most one of --prompt TEXT and --prompt-name NAME"):
         EmbedConfig(**base, prompt="q: ", prompt_name="query")
+    with pytest.raises(UsageError, match="--truncate-dim 33: the model's embeddings have 32 values; give at most 32"):
+        EMBED_TASK.feed(EmbedConfig(**base, truncate_dim=33), inspect_model(str(folder)))
     # a flag replaces the YAML's alternative to it: flags win
     flags = ["--input", "a/", "--output", "b/", "--model", str(folder), "--config", str(tmp_path / "job.yaml")]
     (tmp_path / "job.yaml").write_text("prompt_name: query\n")
