@@ -86,6 +86,12 @@ def by_rows(fn: Callable[..., Tensor], x: Tensor, *others: Tensor | None, chunk:
     return out.view(*lead, out.shape[-1])
 
 
+def _epilogue(y: Tensor, act: Callable[[Tensor], Tensor] | None, residual: Tensor | None) -> Tensor:
+    """A linear layer's `act(y) + residual`, either of them optional."""
+    y = y if act is None else act(y)
+    return y if residual is None else y + residual
+
+
 def _pad_rows(rows: Tensor) -> Tensor:
     short = -rows.shape[0] % ROW_STEP
     return torch.cat([rows, rows.new_zeros(short, rows.shape[1])]) if short else rows
@@ -116,9 +122,7 @@ class Linear(nn.Linear):
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         if self.blocked is not None:
             return by_rows(self._blocked_forward, x, residual)
-        y = super().forward(x)
-        y = y if self.act is None else self.act(y)
-        return y if residual is None else y + residual
+        return _epilogue(super().forward(x), self.act, residual)
 
     def _blocked_forward(self, x: Tensor, residual: Tensor | None) -> Tensor:
         mkldnn = torch.ops.mkldnn
@@ -126,8 +130,7 @@ class Linear(nn.Linear):
             return mkldnn._linear_pointwise.binary(x, residual, self.blocked, self.bias, "add")
         post_op, algorithm = self.fused_act or ("none", "")
         y = mkldnn._linear_pointwise(x, self.blocked, self.bias, post_op, [], algorithm)
-        y = y if self.act is None or self.fused_act else self.act(y)
-        return y if residual is None else y + residual
+        return _epilogue(y, None if self.fused_act else self.act, residual)
 
 
 def half_units(dtype: torch.dtype) -> bool | None:
@@ -176,8 +179,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         y = torch.ops.quantized.linear_dynamic(x, self.packed, reduce_range=True).to(x.dtype)
-        y = y if self.act is None else self.act(y)
-        return y if residual is None else y + residual
+        return _epilogue(y, self.act, residual)
 
 
 class GroupedLinear(nn.Module):
@@ -194,9 +196,7 @@ class GroupedLinear(nn.Module):
         lead = x.shape[:-1]
         x = x.reshape(-1, self.groups, x.shape[-1] // self.groups).transpose(0, 1)  # (G, N, in/G)
         x = torch.bmm(x, self.weight).transpose(0, 1)                                 # (N, G, out/G)
-        y = x.reshape(*lead, -1) + self.bias
-        y = y if self.act is None else self.act(y)
-        return y if residual is None else y + residual
+        return _epilogue(x.reshape(*lead, -1) + self.bias, self.act, residual)
 
 
 def embedding(num_embeddings: int, dim: int) -> nn.Embedding:
