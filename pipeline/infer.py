@@ -110,12 +110,32 @@ def slow_on_this_cpu(dtype: str) -> str | None:
             "int8 (dynamic quantisation) for speed")
 
 
+# CPU flags (Linux /proc/cpuinfo) of bf16/fp16 matrix units: each comes with the AVX-512 oneDNN's own probe asks for.
+HALF_UNIT_FLAGS = {"bfloat16": {"avx512_bf16", "amx_bf16"}, "float16": {"avx512_fp16", "amx_fp16"}}
+
+
 def _native_on_cpu(dtype: str) -> bool:
+    """Whether oneDNN runs `dtype` matmuls on units of this CPU. The CPU's flags answer yes without importing torch
+    (a bf16 job's driver on 2 cores: ≈ 0.9 s sooner to its first batch, bench/NOTES.md); torch's probe answers
+    the rest."""
+    if HALF_UNIT_FLAGS[dtype] & cpu_flags():
+        return True
     import torch
 
     from models.layers import half_units
 
     return half_units(getattr(torch, dtype)) is not False   # where torch cannot tell: nothing to refuse
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The x86 feature flags of this machine's first CPU in /proc/cpuinfo; empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            flags = next((line for line in info if line.startswith("flags")), "")
+    except OSError:
+        return frozenset()
+    return frozenset(flags.partition(":")[2].split())
 
 
 # Padded tokens per forward pass at most on CPU (`passes`): bf16 matmuls on AMX gain little past 2,048 rows,

@@ -168,8 +168,10 @@ def resolve_max_length(config: JobConfig, model: ModelInfo) -> int:
     max_length = config.max_length or limit
     if max_length > model.max_tokens:
         raise UsageError(f"--max-length {max_length}: this model takes at most {model.max_tokens} tokens")
-    try:  # the tokenizer's own check of max_length / stride against its special tokens
-        tokenizer.encode_windows(["x"], max_length=max_length, stride=config.stride)
+    # The tokenizer's own check of max_length / stride against its special tokens, on no text: an encoding starts
+    # its thread pool, and tokenizers then warns in every process Ray forks from the driver.
+    try:
+        tokenizer.encode_windows([], max_length=max_length, stride=config.stride)
     except ValueError as error:
         raise UsageError(f"--max-length/--stride: {error}") from None
     return max_length

@@ -130,6 +130,41 @@ def test_half_precision_on_cpu_is_slow_only_without_native_units(monkeypatch):
     assert isinstance(infer._native_on_cpu("bfloat16"), bool)
 
 
+def test_cpu_flags_of_half_units_answer_before_torch_is_asked(monkeypatch):
+    import torch
+
+    from models import layers
+    from pipeline import infer
+
+    asked = []
+    monkeypatch.setattr(layers, "half_units", lambda dtype: asked.append(dtype) or False)
+    monkeypatch.setattr(infer, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
+    assert infer._native_on_cpu("bfloat16") and not asked
+    assert not infer._native_on_cpu("float16") and asked == [torch.float16]   # no fp16 flag: torch's probe
+    monkeypatch.setattr(infer, "cpu_flags", lambda: frozenset())
+    assert not infer._native_on_cpu("bfloat16") and asked[-1] == torch.bfloat16
+    # on this machine, flags that say yes agree with torch's probe
+    monkeypatch.undo()
+    for dtype, flags in infer.HALF_UNIT_FLAGS.items():
+        if flags & infer.cpu_flags():
+            assert layers.half_units(getattr(torch, dtype)) is True, dtype
+
+
+def test_a_bf16_run_is_checked_without_importing_torch_where_the_cpu_flags_answer():
+    """The driver's check that bf16 will not crawl (`slow_on_this_cpu`) reads the CPU's flags, where they have the units."""
+    script = ("import sys\nfrom pipeline import infer\n"
+              "print(infer.slow_on_this_cpu('bfloat16') is None, 'torch' in sys.modules, "
+              "bool(infer.HALF_UNIT_FLAGS['bfloat16'] & infer.cpu_flags()))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    fine, imported, flagged = done.stdout.split()
+    if flagged == "True":
+        assert (fine, imported) == ("True", "False")
+    else:   # no flag (an AVX2-only CPU, not Linux): torch's probe answers
+        assert imported == "True"
+
+
 
 def test_the_driver_plans_a_cpu_run_without_importing_torch(ner_checkpoint, tmp_path):
     """torch's import is ≈ 2 s of a 2-core machine's start-up, taken from Ray's workers starting beside it: the
@@ -148,3 +183,31 @@ def test_the_driver_plans_a_cpu_run_without_importing_torch(ner_checkpoint, tmp_
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_the_driver_plans_without_starting_the_tokenizers_thread_pool(ner_checkpoint, tmp_path):
+    """Ray forks the driver to start its processes: a tokenizer that had encoded with its thread pool warns in each
+    child ("The current process just got forked, after parallelism has already been used")."""
+    corpus = write_corpus(tmp_path / "corpus", shards=1, rows_per_shard=6)
+    script = (
+        "import os\n"
+        "from jobs.ner_corpus import NER_TASK, NerConfig\n"
+        "from pipeline import job\n"
+        f"config = NerConfig(input={str(corpus)!r}, output={str(tmp_path / 'out')!r}, model={str(ner_checkpoint)!r})\n"
+        "job.build_plan(config, NER_TASK)\n"
+        "child = os.fork()\n"
+        "os._exit(0) if child == 0 else os.waitpid(child, 0)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "forked" not in done.stderr
+
+
+def test_a_window_with_no_room_for_the_stride_is_refused_by_the_plan(ner_checkpoint, tmp_path):
+    from jobs.ner_corpus import NER_TASK, NerConfig
+    from pipeline import job
+
+    corpus = write_corpus(tmp_path / "corpus", shards=1, rows_per_shard=6)
+    config = NerConfig(input=str(corpus), output=str(tmp_path / "out"), model=str(ner_checkpoint), max_length=8, stride=6)
+    with pytest.raises(UsageError, match="--max-length/--stride: max_length=8 leaves 6 tokens per window.*stride=6"):
+        job.build_plan(config, NER_TASK)
