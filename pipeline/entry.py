@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from pipeline.cli import UsageError, fail, one_line_reason, parse_config
 from pipeline.lease import OutputBusy
+from pipeline.restart import RunFailed
 
 BUSY = 75   # EX_TEMPFAIL: another run holds the output; try again later
 
@@ -27,6 +28,8 @@ def job_main(argv: list[str], prog: str, description: str, config_cls: type[Base
         fail(prog, str(error), status=BUSY)
     except (UsageError, FileExistsError) as error:
         fail(prog, str(error))
+    except RunFailed as error:   # Ray has printed the workers' errors above
+        fail(prog, str(error), status=1)
     except Exception as error:  # noqa: BLE001 - infrastructure failure: traceback above, one-line reason last
         traceback.print_exc()
         fail(prog, one_line_reason(error), status=1)

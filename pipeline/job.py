@@ -368,6 +368,8 @@ def _run(config: JobConfig, task: Task, plan: Plan, model, max_length: int, iden
         try:
             placement = ray_plan.execute(plan, pending)[1]
         except Exception as error:
+            if failed := restart.start_failure(error):
+                raise failed from error
             if not restart.worker_died(error):
                 raise
             failure = restart.isolate_crashes(plan, config.output, error, ray_plan.execute)

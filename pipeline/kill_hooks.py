@@ -23,9 +23,9 @@ DRIVER_PID_ENV = "BERTBATCH_DRIVER_PID"
 def kill_point(point: str) -> None:
     """Test hook (`BERTBATCH_TEST_KILL_AT=<point>:<n|*>`): SIGKILL at the n-th (every) time `point` is reached.
 
-    Point `model_actor` kills the calling process (a model actor); every other point kills the
-    driver and, when it leads a session, every process of it at once (the whole local Ray a test
-    started, like a lost machine).
+    Points `model_actor` and `model_load` kill the calling process (a model actor, in a batch or while it
+    loads); every other point kills the driver and, when it leads a session, every process of it at once
+    (the whole local Ray a test started, like a lost machine).
     """
     wanted = os.environ.get(KILL_ENV, "")
     name, _, nth = wanted.partition(":")
@@ -41,7 +41,7 @@ def kill_point(point: str) -> None:
         handle.flush()
     if nth != "*" and count != int(nth or 1):   # `*`: every time (a batch that always kills its actor)
         return
-    if point == "model_actor":
+    if point in ("model_actor", "model_load"):
         os.kill(os.getpid(), signal.SIGKILL)
     kill_session(driver)
     os.kill(driver, signal.SIGKILL)

@@ -412,6 +412,8 @@ class _StageActor:
     def __init__(self):
         os.environ.update(self.env)
         configure(self.storage)  # before the stage opens its model (possibly on object storage)
+        if self.spec.cls.name == "infer":
+            kill_point("model_load")   # test hook: a model actor killed while it loads
         self.stage = self.spec.build()
 
     def __call__(self, batch: pa.Table) -> pa.Table:

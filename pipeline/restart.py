@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import re
 
 import fsspec
 import pyarrow as pa
@@ -200,17 +201,48 @@ def record_unreadable(plan) -> None:
             pq.write_table(table, handle)
 
 
+class RunFailed(RuntimeError):
+    """A failure that no row of the input caused (an actor's constructor raised: a model that does not load, no CUDA
+    on a GPU node; or workers died with no batch in flight): the run fails with it, and the rows it had not
+    committed are left to do rather than made `worker_died` errors."""
+
+
 def worker_died(error: BaseException) -> bool:
-    """A Ray worker or actor process died more often than its bounded restarts allow (not a Python bug)."""
+    """A Ray worker or actor process died more often than its bounded restarts allow (not a Python bug, and not
+    an actor whose constructor raised: `start_failure`)."""
     import ray.exceptions
 
     died = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
-    seen = error
-    while seen is not None:
-        if isinstance(seen, died) or any(name in str(seen) for name in ("ActorDiedError", "WorkerCrashedError")):
-            return True
+    chain = _chain(error)
+    if any(_failed_to_start(seen) for seen in chain):
+        return False
+    return any(isinstance(seen, died) or any(name in str(seen) for name in ("ActorDiedError", "WorkerCrashedError"))
+               for seen in chain)
+
+
+def start_failure(error: BaseException) -> RunFailed | None:
+    """The run's failure when `error` says an actor's constructor raised; None for anything else."""
+    from pipeline.cli import one_line_reason
+
+    seen = next(filter(_failed_to_start, _chain(error)), None)
+    if seen is None:
+        return None
+    stage = re.search(r"MapBatches\((\w+)\)", str(seen))
+    return RunFailed(f"an actor{f' of the {stage.group(1)} stage' if stage else ''} could not start: "
+                     f"{one_line_reason(error)}; no row was marked done: run again once it is fixed")
+
+
+def _failed_to_start(error: BaseException) -> bool:
+    # Ray's flag where the error itself reaches the driver; its message where Ray Data passes on only the text
+    return getattr(error, "actor_init_failed", False) is True or "raised in its creation task" in str(error)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    chain, seen = [], error
+    while seen is not None and all(seen is not e for e in chain):
+        chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    return False
+    return chain
 
 
 def uncommitted(plan, output: str):
@@ -244,16 +276,20 @@ def isolate_crashes(plan, output: str, error: BaseException, execute) -> dict:
 
     The batches still marked in flight (ledger.mark_in_flight) are the suspects: their rows are
     committed as `worker_died` errors and the run continues without them, up to ISOLATION_PASSES
-    times. A crash with no marked batch, or one more after the last pass, marks every row not
-    committed yet. `execute(plan, pending)` runs a pass; returns what `_run.json.worker_failure` holds.
+    times; one more crash after the last pass marks every row not committed yet. A crash with no
+    marked batch points at no row (an actor killed while it loads its model, a lost node): RunFailed.
+    `execute(plan, pending)` runs a pass; returns what `_run.json.worker_failure` holds.
     """
     failures = []
     for _ in range(ISOLATION_PASSES + 1):
-        reason = (f"a worker process died on this batch and its bounded restarts were spent: "
-                  f"{str(error).splitlines()[0][:300]}")
+        first_line = str(error).splitlines()[0][:300]
+        reason = f"a worker process died on this batch and its bounded restarts were spent: {first_line}"
         suspects = ledger.in_flight(output)
         ledger.clear_in_flight(output)
-        if not suspects or len(failures) == ISOLATION_PASSES:
+        if not suspects:
+            raise RunFailed(f"worker processes died beyond their retries with no batch in flight ({first_line}); "
+                            "the rows not done yet are left to do: run again once the cause is fixed")
+        if len(failures) == ISOLATION_PASSES:
             rows = fail_rows(plan, output, reason.replace("on this batch", "before this row was done"))
             failures.append({"error": reason, "rows": rows, "isolated": False})
             break
@@ -265,6 +301,8 @@ def isolate_crashes(plan, output: str, error: BaseException, execute) -> dict:
             execute(resumed, pending)
             break
         except Exception as again:
+            if failed := start_failure(again):
+                raise failed from again
             if not worker_died(again):
                 raise
             error = again

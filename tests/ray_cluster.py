@@ -75,9 +75,15 @@ class PortPicker:
 
 
 class LoopbackCluster:
-    """A head and `workers` worker nodes on 127.0.0.1, each with `cpus` CPUs and its own temp dir."""
+    """A head and `workers` worker nodes on 127.0.0.1, each with `cpus` CPUs and its own temp dir.
 
-    def __init__(self, workers: int = 1, cpus: int = 1) -> None:
+    With `node_types` (autoscaler node types: name -> resources, min_workers, max_workers), the head also runs
+    Ray's autoscaler, which launches those nodes on demand through Ray's fake multi-node provider: real raylets
+    on this machine, started and stopped by the autoscaler as it would cloud instances (a "GPU" there is the
+    resource only).
+    """
+
+    def __init__(self, workers: int = 1, cpus: int = 1, node_types: dict | None = None) -> None:
         # Short paths: Ray puts Unix sockets under the temp dir (108-byte path limit).
         self.temp_dirs = [Path(tempfile.mkdtemp(prefix="bbhead", dir="/tmp"))]
         self.temp_dirs += [Path(tempfile.mkdtemp(prefix="bbnode", dir="/tmp")) for _ in range(workers)]
@@ -93,6 +99,7 @@ class LoopbackCluster:
             PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # `python` in the entrypoint is ours
         )
         self.env = env
+        self.node_types = node_types
 
     @property
     def dashboard_url(self) -> str:
@@ -113,10 +120,36 @@ class LoopbackCluster:
     def ray(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         return subprocess.run([str(RAY), *args], env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
+    def _autoscaling_flags(self) -> list[str]:
+        if not self.node_types:
+            return []
+        config = {
+            "cluster_name": "bertbatch-test", "max_workers": sum(t["max_workers"] for t in self.node_types.values()),
+            "idle_timeout_minutes": 5, "upscaling_speed": 1.0,
+            # the fake provider by module path: the `fake_multinode` type reads defaults from a file the wheel lacks
+            "provider": {"type": "external",
+                         "module": "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider",
+                         "gcs_address": f"127.0.0.1:{self.gcs_port}", "use_node_id_as_ip": True,
+                         "disable_node_updaters": True, "disable_launch_config_check": True},
+            "available_node_types": {"ray.head.default": {"resources": {"CPU": self.cpus}, "node_config": {},
+                                                          "max_workers": 0},
+                                     **{name: {"node_config": {}, **t} for name, t in self.node_types.items()}},
+            "head_node_type": "ray.head.default", "auth": {}, "file_mounts": {}, "cluster_synced_files": [],
+            "file_mounts_sync_continuously": False, "initialization_commands": [], "setup_commands": [],
+            "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+            "worker_start_ray_commands": [],
+        }
+        path = self.temp_dirs[0] / "autoscaling.json"
+        path.write_text(json.dumps(config))
+        # A device id no machine has: Ray starts a node with a GPU only where that many ids are visible (the test
+        # session hides its GPUs with ""), and torch there sees none.
+        self.env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", CUDA_VISIBLE_DEVICES="99")
+        return [f"--autoscaling-config={path}"]
+
     def start(self) -> None:
         head = self.ray(
             "start", "--head", f"--port={self.gcs_port}", f"--dashboard-port={self.dashboard_port}",
-            "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1", "--include-dashboard=true", *self._autoscaling_flags(),
             f"--ray-client-server-port={self.ports.port()}", *self._node_flags(self.temp_dirs[0]),
         )
         assert head.returncode == 0, f"ray start --head failed:\n{head.stdout}\n{head.stderr}"
@@ -148,17 +181,22 @@ class LoopbackCluster:
             return json.load(response)
 
     def _own_pids(self) -> list[int]:
-        marks = [str(d).encode() for d in self.temp_dirs]
+        """Processes whose command line names one of our temp dirs, or that hold a file open below one (Ray's agents
+        rename themselves, `ray::DashboardAgent`, and outlived the teardown by a minute or more)."""
+        marks = [str(d) for d in self.temp_dirs]
         pids = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
             try:
-                cmdline = (entry / "cmdline").read_bytes()
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+                if not any(mark in cmdline for mark in marks):
+                    files = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+                    if not any(f.startswith(mark) for f in files for mark in marks):
+                        continue
             except OSError:
                 continue
-            if any(mark in cmdline for mark in marks):
-                pids.append(int(entry.name))
+            pids.append(int(entry.name))
         return pids
 
     def stop(self) -> None:

@@ -210,6 +210,26 @@ def test_model_and_output_problems_are_one_line_too(case, ner_checkpoint, tmp_pa
     assert expected in done.stderr
 
 
+@pytest.mark.ray
+def test_a_model_whose_weights_do_not_load_fails_the_run_and_marks_no_row(ner_checkpoint, tmp_path):
+    """The weights are read in the model actors only: a cut file failed every actor's constructor, and the run
+    wrote every row as a worker_died error, _SUCCESS and exit 0. Now it exits 1 with the loader's error, and
+    the output holds no row (a rerun does them all)."""
+    import shutil
+
+    corpus, model, output = tmp_path / "in", tmp_path / "model", tmp_path / "out"
+    write(corpus / "a.parquet", id=["1", "2"], text=["John Smith lives in Paris", "x"])
+    shutil.copytree(ner_checkpoint, model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])   # header whole, tensors cut
+    done = run_cli("--input", str(corpus), "--model", str(model), "--output", str(output))
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert last.startswith("ner_corpus.py: error: an actor of the Infer stage could not start: SafetensorError: "), last
+    assert last.endswith("no row was marked done: run again once it is fixed")
+    assert not (output / "_SUCCESS").exists() and not list(output.rglob("*.parquet"))
+
+
 def test_a_ray_address_nobody_answers_at_is_one_line_not_a_wait(ner_checkpoint, tmp_path):
     """Ray itself retries a dead GCS address for minutes; the job says so at once (exit 2)."""
     import os

@@ -95,6 +95,34 @@ def test_a_run_needing_gpus_the_cluster_lacks_asks_waits_then_refuses(cluster: L
     assert not list((tmp_path / "out").glob("part-*"))
 
 
+def test_a_run_waits_for_the_gpu_node_the_autoscaler_launches(tmp_path: Path) -> None:
+    """A GPU node type scaled to zero, behind Ray's autoscaler: `--device cuda` puts the run's demand to it, it
+    launches the node, and the run goes on to place its model actor there. That node's GPU is a resource only
+    (Ray's fake multi-node provider): the actor's torch finds no CUDA, so the run fails with that, once the
+    GPU is up, rather than refusing for want of one."""
+    if not RAY.exists():
+        pytest.skip(f"no `ray` command next to {sys.executable}")
+    model, _ = make_checkpoint(tmp_path / "model", "bert", "ner")
+    _write_corpus(tmp_path / "corpus", docs=4)
+    scaling = LoopbackCluster(workers=0, cpus=2, node_types={
+        "gpu_node": {"resources": {"CPU": 1, "GPU": 1}, "min_workers": 0, "max_workers": 1}})
+    try:
+        scaling.start()
+        status, logs = scaling.submit(
+            "python", "jobs/ner_corpus.py", "--input", str(tmp_path / "corpus"), "--output", str(tmp_path / "out"),
+            "--model", str(model), "--device", "cuda", "--dtype", "float32", "--wait-for-gpus", "300")
+        status_text = scaling.ray("status", f"--address=127.0.0.1:{scaling.gcs_port}")
+        gpus = status_text.stdout + status_text.stderr
+    finally:
+        scaling.stop()
+    assert status == "FAILED", logs[-3000:]
+    assert ("error: an actor of the Infer stage could not start: ValueError: device='cuda' but CUDA is not "
+            "available here") in logs, logs[-3000:]
+    assert "the Ray cluster has no GPU" not in logs and "launched no node" not in logs
+    assert re.search(r"\b1 gpu_node\b", gpus) and re.search(r"/1\.0 GPU\b", gpus), gpus
+    assert not list((tmp_path / "out").glob("part-*"))
+
+
 def _ids(folder: Path) -> list:
     return ds.dataset(folder, format="parquet").to_table(columns=["id"]).column("id").to_pylist()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -209,6 +210,44 @@ def test_a_crash_on_every_batch_ends_in_error_rows_after_bounded_passes(corpus, 
     on_batch = {i for i, e in died.items() if "died on this batch" in e["message"]}
     assert on_batch == died.keys() & {i for batch in batches[:-1] for i in batch}   # the last one's: with the rest
     assert not ledger.in_flight(str(output))
+
+
+def test_an_actor_whose_constructor_raised_fails_the_run_and_a_dead_one_is_isolated():
+    """A model that does not load fails in every actor's constructor: the run fails with that error (its rows left
+    to do), where an actor process that died on a batch has its batch set aside (`isolate_crashes`)."""
+    import ray.exceptions
+
+    from pipeline import restart
+
+    class Failed(ray.exceptions.RayActorError):   # what Ray raises where the constructor's error reaches the driver
+        def __init__(self):
+            super().__init__(actor_init_failed=True, error_msg="SafetensorError: incomplete metadata")
+
+    text = ("ActorDiedError: The actor died because of an error raised in its creation task, "
+            "ray::MapWorker(MapBatches(Infer)).__init__() (pid=1)\nValueError: device='cuda' but CUDA is not available")
+    for error in (Failed(), ray.exceptions.RayError(text)):
+        wrapped = RuntimeError("execution failed")
+        wrapped.__cause__ = error
+        assert not restart.worker_died(wrapped)
+        assert isinstance(restart.start_failure(wrapped), restart.RunFailed)
+    assert str(restart.start_failure(ray.exceptions.RayError(text))).startswith(
+        "an actor of the Infer stage could not start: ValueError: device='cuda' but CUDA is not available; "
+        "no row was marked done")
+    died = ray.exceptions.ActorDiedError()
+    assert restart.worker_died(died) and restart.start_failure(died) is None
+    assert not restart.worker_died(ValueError("a bug")) and restart.start_failure(ValueError("a bug")) is None
+
+
+def test_a_model_actor_killed_while_it_loads_fails_the_run_and_marks_no_row(corpus, ner_checkpoint, tmp_path):
+    """Every model actor dies while it loads (the OOM killer, say): no batch was in flight, so no row is to blame.
+    The run used to mark every row a worker_died error and end with _SUCCESS and exit 0; now it fails."""
+    output = tmp_path / "out"
+    done = run_job(corpus, ner_checkpoint, output, kill="model_load:*")
+    last = done.stdout.strip().splitlines()[-1]
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert re.fullmatch(r"ner_corpus\.py: error: worker processes died beyond their retries with no batch in flight "
+                        r"\(.+\); the rows not done yet are left to do: run again once the cause is fixed", last), last
+    assert not (output / "_SUCCESS").exists() and not list(output.rglob("*.parquet"))
 
 
 def test_batch_that_always_kills_its_actor_becomes_error_rows_the_rest_finishes(
