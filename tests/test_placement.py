@@ -166,40 +166,27 @@ def test_a_bf16_run_is_checked_without_importing_torch_where_the_cpu_flags_answe
 
 
 
-def test_the_driver_plans_a_cpu_run_without_importing_torch(ner_checkpoint, tmp_path):
+def test_the_driver_plans_a_cpu_run_without_torch_or_the_tokenizers_thread_pool(ner_checkpoint, tmp_path):
     """torch's import is ≈ 2 s of a 2-core machine's start-up, taken from Ray's workers starting beside it: the
-    driver plans a CPU run (`--dtype auto` included) without it; only the model actors import torch."""
+    driver plans a CPU run (`--dtype auto` included) without it; only the model actors import torch. Nor does
+    its tokenizer start its thread pool: Ray forks the driver to start its processes, and tokenizers then
+    warned in each child ("The current process just got forked, after parallelism has already been used")."""
     corpus = write_corpus(tmp_path / "corpus", shards=1, rows_per_shard=6)
     script = (
-        "import sys\n"
+        "import os, sys\n"
         "from jobs.ner_corpus import NER_TASK, NerConfig\n"
         "from pipeline import job, ray_plan, restart\n"
         "from pipeline.infer import auto_dtype\n"
         f"config = NerConfig(input={str(corpus)!r}, output={str(tmp_path / 'out')!r}, model={str(ner_checkpoint)!r})\n"
         "plan, model, _ = job.build_plan(config, NER_TASK)\n"
         "assert plan.infer.config.with_auto_as(auto_dtype('cpu')).dtypes == ('float32',)\n"
-        "print('torch' in sys.modules)\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
-
-
-def test_the_driver_plans_without_starting_the_tokenizers_thread_pool(ner_checkpoint, tmp_path):
-    """Ray forks the driver to start its processes: a tokenizer that had encoded with its thread pool warns in each
-    child ("The current process just got forked, after parallelism has already been used")."""
-    corpus = write_corpus(tmp_path / "corpus", shards=1, rows_per_shard=6)
-    script = (
-        "import os\n"
-        "from jobs.ner_corpus import NER_TASK, NerConfig\n"
-        "from pipeline import job\n"
-        f"config = NerConfig(input={str(corpus)!r}, output={str(tmp_path / 'out')!r}, model={str(ner_checkpoint)!r})\n"
-        "job.build_plan(config, NER_TASK)\n"
+        "print('torch' in sys.modules, flush=True)\n"
         "child = os.fork()\n"
         "os._exit(0) if child == 0 else os.waitpid(child, 0)\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
     assert "forked" not in done.stderr
 
 
