@@ -186,9 +186,10 @@ def _decode_spec(config, model: ModelInfo) -> StageSpec:
     _, normalize = model_pooling(config, model.local)
     # A model's Normalize comes before truncate_dim (a cut unit vector is not one); --normalize is encode's
     # normalize_embeddings, after it. What is normalised here is also the mean of several windows.
-    normalize = config.normalize is True or (normalize and not _truncate_dim(config, model))
-    return StageSpec(EmbedDecode, EmbedDecodeConfig(_dim(config, model), config.text_column, config.long_text,
-                                                    normalize, config.embedding_dtype))
+    truncate_dim = _truncate_dim(config, model)
+    normalize = config.normalize is True or (normalize and not truncate_dim)
+    return StageSpec(EmbedDecode, EmbedDecodeConfig(truncate_dim or _width(config, model), config.text_column,
+                                                    config.long_text, normalize, config.embedding_dtype))
 
 
 def _fields(config, model: ModelInfo) -> tuple[pa.Field, ...]:

@@ -368,10 +368,7 @@ def _run(config: JobConfig, task: Task, plan: Plan, model, max_length: int, iden
         try:
             placement = ray_plan.execute(plan, pending)[1]
         except Exception as error:
-            if failed := restart.start_failure(error):
-                raise failed from error
-            if not restart.worker_died(error):
-                raise
+            restart.raise_unless_crash(error)
             failure = restart.isolate_crashes(plan, config.output, error, ray_plan.execute)
             print(f"bertbatch {task.name}: worker processes died beyond their retries; {failure['rows']} rows "
                   f"are worker_died errors in {config.output}/_errors", file=sys.stderr, flush=True)

@@ -207,17 +207,22 @@ class RunFailed(RuntimeError):
     committed are left to do rather than made `worker_died` errors."""
 
 
+def raise_unless_crash(error: BaseException) -> None:
+    """Return when `error` is a worker crash `isolate_crashes` deals with; raise RunFailed for an actor that could
+    not start, and `error` itself for anything else (a Python bug, a storage error)."""
+    if failed := start_failure(error):
+        raise failed from error
+    if not worker_died(error):
+        raise error
+
+
 def worker_died(error: BaseException) -> bool:
-    """A Ray worker or actor process died more often than its bounded restarts allow (not a Python bug, and not
-    an actor whose constructor raised: `start_failure`)."""
+    """A Ray worker or actor process died more often than its bounded restarts allow (not a Python bug)."""
     import ray.exceptions
 
     died = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
-    chain = _chain(error)
-    if any(_failed_to_start(seen) for seen in chain):
-        return False
     return any(isinstance(seen, died) or any(name in str(seen) for name in ("ActorDiedError", "WorkerCrashedError"))
-               for seen in chain)
+               for seen in _chain(error))
 
 
 def start_failure(error: BaseException) -> RunFailed | None:
@@ -301,9 +306,6 @@ def isolate_crashes(plan, output: str, error: BaseException, execute) -> dict:
             execute(resumed, pending)
             break
         except Exception as again:
-            if failed := start_failure(again):
-                raise failed from again
-            if not worker_died(again):
-                raise
+            raise_unless_crash(again)
             error = again
     return {"passes": failures, "rows": sum(f["rows"] for f in failures)}

@@ -165,7 +165,6 @@ def test_a_bf16_run_is_checked_without_importing_torch_where_the_cpu_flags_answe
         assert imported == "True"
 
 
-
 def test_the_driver_plans_a_cpu_run_without_torch_or_the_tokenizers_thread_pool(ner_checkpoint, tmp_path):
     """torch's import is ≈ 2 s of a 2-core machine's start-up, taken from Ray's workers starting beside it: the
     driver plans a CPU run (`--dtype auto` included) without it; only the model actors import torch. Nor does

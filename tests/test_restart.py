@@ -212,32 +212,6 @@ def test_a_crash_on_every_batch_ends_in_error_rows_after_bounded_passes(corpus, 
     assert not ledger.in_flight(str(output))
 
 
-def test_an_actor_whose_constructor_raised_fails_the_run_and_a_dead_one_is_isolated():
-    """A model that does not load fails in every actor's constructor: the run fails with that error (its rows left
-    to do), where an actor process that died on a batch has its batch set aside (`isolate_crashes`)."""
-    import ray.exceptions
-
-    from pipeline import restart
-
-    class Failed(ray.exceptions.RayActorError):   # what Ray raises where the constructor's error reaches the driver
-        def __init__(self):
-            super().__init__(actor_init_failed=True, error_msg="SafetensorError: incomplete metadata")
-
-    text = ("ActorDiedError: The actor died because of an error raised in its creation task, "
-            "ray::MapWorker(MapBatches(Infer)).__init__() (pid=1)\nValueError: device='cuda' but CUDA is not available")
-    for error in (Failed(), ray.exceptions.RayError(text)):
-        wrapped = RuntimeError("execution failed")
-        wrapped.__cause__ = error
-        assert not restart.worker_died(wrapped)
-        assert isinstance(restart.start_failure(wrapped), restart.RunFailed)
-    assert str(restart.start_failure(ray.exceptions.RayError(text))).startswith(
-        "an actor of the Infer stage could not start: ValueError: device='cuda' but CUDA is not available; "
-        "no row was marked done")
-    died = ray.exceptions.ActorDiedError()
-    assert restart.worker_died(died) and restart.start_failure(died) is None
-    assert not restart.worker_died(ValueError("a bug")) and restart.start_failure(ValueError("a bug")) is None
-
-
 def test_a_model_actor_killed_while_it_loads_fails_the_run_and_marks_no_row(corpus, ner_checkpoint, tmp_path):
     """Every model actor dies while it loads (the OOM killer, say): no batch was in flight, so no row is to blame.
     The run used to mark every row a worker_died error and end with _SUCCESS and exit 0; now it fails."""
