@@ -12,10 +12,11 @@ together (on a missing or a stale lease) exactly one gets it. Object stores have
 exclusive create: there a run reads its lease back SETTLE_SECONDS after writing it, and of two
 runs that both wrote before either read back, the overwritten one refuses.
 
-A heartbeat's age is our clock minus the holder's: machines sharing an output are assumed to
-agree within EXPIRES_SECONDS - HEARTBEAT_SECONDS (150 s; NTP keeps them far closer). A holder's
-clock further behind makes a live run look expired; one ahead keeps a dead run's lease longer.
-See docs/restart.md.
+A heartbeat's age is taken from the storage's clock, not the machines': the lease's modification
+time against that of a probe file written now (`_storage_age`), so machines whose clocks disagree
+still agree on when a lease expired. Where the filesystem keeps no modification times, the age is
+our clock minus the holder's heartbeat, and machines are assumed to agree within EXPIRES_SECONDS -
+HEARTBEAT_SECONDS (150 s). See docs/restart.md.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import contextlib
 import datetime
 import fcntl
 import json
+import math
 import os
 import socket
 import sys
@@ -41,6 +43,7 @@ EXPIRES_SECONDS = 180.0
 SETTLE_SECONDS = 1.0
 LEASE_FILE = ".lease.json"
 LOCK_FILE = ".lease.lock"        # local filesystems: held while a run looks at the lease and writes its own
+CLOCK_PROBE = ".clock-"          # + a run's token: written and removed to read the storage's clock
 
 
 class OutputBusy(FileExistsError):
@@ -130,13 +133,34 @@ class Lease:
         holder = self.holder()
         if holder is None or holder.get("token") == self.token:
             return
-        age = time.time() - float(holder.get("heartbeat", 0))
+        age = self._storage_age()
+        if age is None:   # no modification times: the holder's clock against ours
+            age = time.time() - float(holder.get("heartbeat", 0))
         if age < EXPIRES_SECONDS and _alive_here(holder):
             beat = f"{max(age, 0):.0f} s ago" if age > -1 else f"{-age:.0f} s ahead of our clock"
             raise OutputBusy(
                 f"--output {self.output!r} is being written by another run (host {holder.get('host')}, "
                 f"pid {holder.get('pid')}, started {holder.get('started')}, heartbeat {beat}); "
                 f"one run per output. If that run is dead, rerun after {EXPIRES_SECONDS - age:.0f} s")
+
+    def _storage_age(self) -> float | None:
+        """Seconds since the lease was last written, by the storage's clock: the modification time of a probe
+        file written now minus the lease's (a run's heartbeat rewrites the lease). inf when the lease is gone
+        (released since it was read); None where the filesystem keeps no modification times."""
+        probe = f"{self.path.rsplit('/', 1)[0]}/{CLOCK_PROBE}{self.token}"
+        try:
+            self.fs.pipe_file(probe, b"")
+            try:
+                self.fs.invalidate_cache(self.path)
+                now, written = self.fs.modified(probe), self.fs.modified(self.path)
+            finally:
+                with contextlib.suppress(OSError):
+                    self.fs.rm(probe)
+        except FileNotFoundError:
+            return math.inf
+        except (NotImplementedError, OSError, KeyError, TypeError, ValueError):
+            return None
+        return (now - written).total_seconds()
 
     def acquire(self) -> Lease:
         if self.local:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.kill_hooks import kill_point
-from pipeline.lease import LEASE_FILE, LOCK_FILE, check_held
+from pipeline.lease import CLOCK_PROBE, LEASE_FILE, LOCK_FILE, check_held
 from pipeline.ledger import JOB_FILE, PROGRESS_DIR, commit, row_ranges
 from pipeline.stage import ERROR, FILE_INDEX, ROW, SOURCE, STAT_PREFIX, Stage, with_errors
 from pipeline.storage import is_object_store
@@ -250,14 +250,16 @@ OUR_ENTRIES = re.compile(r"^(part-.*\.parquet|_errors|_progress|_run\.json|_SUCC
 def prepare_output(output: str, overwrite: bool) -> None:
     """Refuse to mix runs in one folder: an existing non-empty output needs --overwrite (which empties it).
 
-    The run's own lease (taken before the output is touched) and its lock file are neither content nor deleted. The
-    ledger's identity goes first: an --overwrite cut short leaves a folder that refuses to resume."""
+    The run's own lease (taken before the output is touched) and its lock file are neither content nor deleted; a clock
+    probe another run left (`lease.CLOCK_PROBE`) is no content. The ledger's identity goes first: an --overwrite cut
+    short leaves a folder that refuses to resume."""
     fs, root = fsspec.core.url_to_fs(output)
     root = root.rstrip("/")
     progress = f"{root}/{PROGRESS_DIR}"
     lease, lock = f"{progress}/{LEASE_FILE}", f"{progress}/{LOCK_FILE}"
     entries = [e.rstrip("/") for e in fs.ls(root, detail=False)] if fs.exists(root) else []
-    entries = [e for e in entries if e != progress or set(fs.find(progress)) - {lease, lock}]
+    entries = [e for e in entries if e != progress or any(
+        p not in (lease, lock) and not p.rsplit("/", 1)[-1].startswith(CLOCK_PROBE) for p in fs.find(progress))]
     if entries:
         if not overwrite:
             raise FileExistsError(f"--output {output!r} exists and is not empty; pass --overwrite to replace it")

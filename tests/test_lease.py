@@ -17,12 +17,16 @@ from pipeline.lease import Lease, OutputBusy
 from tests.conftest import REPO, write_corpus
 
 
-def held_by(output, **holder) -> None:
+def held_by(output, written: float | None = None, **holder) -> None:
+    """A lease of another run, last written at `written` by the storage's clock (its modification time;
+    default: its heartbeat, as when the holder's clock and the storage's agree)."""
     path = output / "_progress" / lease.LEASE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     body = {"token": "other", **lease._pid_space(), "pid": os.getpid(), "started": "earlier",
             "heartbeat": time.time(), **holder}
     path.write_text(json.dumps(body))
+    stamp = body["heartbeat"] if written is None else written
+    os.utime(path, (stamp, stamp))
 
 
 def dead_pid() -> int:
@@ -109,10 +113,36 @@ def test_an_unreadable_lease_is_taken_over(tmp_path):
     taken.release()
 
 
-def test_a_holder_clock_ahead_of_ours_is_reported_as_such(tmp_path):
+@pytest.mark.parametrize("holder_clock", [-600, +600])
+def test_the_storage_clock_decides_not_the_holders(tmp_path, holder_clock):
+    """A holder on a machine whose clock is 10 minutes behind (or ahead of) ours: its heartbeat field says
+    it is long dead (or fresh for another 10 minutes); the lease's modification time says when it wrote."""
+    now = time.time()
+    held_by(tmp_path, host="another-machine", heartbeat=now + holder_clock, written=now - 5)
+    with pytest.raises(OutputBusy, match=r"heartbeat \d s ago\); .* rerun after 17\d s"):
+        Lease(str(tmp_path)).acquire()
+    held_by(tmp_path, host="another-machine", heartbeat=now + holder_clock, written=now - lease.EXPIRES_SECONDS - 5)
+    Lease(str(tmp_path)).acquire().release()
+    assert not list((tmp_path / "_progress").glob(lease.CLOCK_PROBE + "*"))   # the probe files are gone
+
+
+def test_without_modification_times_the_holders_heartbeat_decides(tmp_path, monkeypatch):
+    """A filesystem without modification times: the age is our clock minus the holder's heartbeat, and a
+    holder's clock ahead of ours is reported as such."""
+    monkeypatch.setattr("fsspec.implementations.local.LocalFileSystem.modified",
+                        lambda self, path: (_ for _ in ()).throw(NotImplementedError))
     held_by(tmp_path, host="another-machine", heartbeat=time.time() + 70)
     with pytest.raises(OutputBusy, match=r"heartbeat \d+ s ahead of our clock\); .* rerun after 2\d\d s"):
         Lease(str(tmp_path)).acquire()
+    held_by(tmp_path, host="another-machine", heartbeat=time.time() - lease.EXPIRES_SECONDS - 1, written=time.time())
+    Lease(str(tmp_path)).acquire().release()
+
+
+def test_a_lease_released_while_its_age_is_read_is_free(tmp_path):
+    held_by(tmp_path, host="another-machine")
+    taker = Lease(str(tmp_path))
+    (tmp_path / "_progress" / lease.LEASE_FILE).unlink()   # released between the read and the age
+    assert taker._storage_age() == float("inf")
 
 
 def test_another_machine_with_a_fresh_heartbeat_holds_it(tmp_path):
@@ -165,12 +195,13 @@ def test_second_job_into_a_running_output_refuses(tmp_path, ner_checkpoint):
 
 def test_the_lease_comes_before_the_output_is_touched_and_survives_overwrite(tmp_path):
     """A run holds the lease while open_output cleans or empties the folder: --overwrite keeps it, and a
-    folder holding nothing but the lease counts as empty."""
+    folder holding nothing but the lease (and a clock probe a killed run left) counts as empty."""
     from pipeline.sink import prepare_output
 
     out = tmp_path / "out"
     held = Lease(str(out)).acquire()
     try:
+        (out / "_progress" / f"{lease.CLOCK_PROBE}killed-run").write_bytes(b"")
         prepare_output(str(out), overwrite=False)          # only our lease: a fresh output
         (out / "part-00000-000000000000.parquet").write_bytes(b"x")
         (out / "_progress" / "_job.json").write_text("{}")

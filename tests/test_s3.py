@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
@@ -297,6 +298,26 @@ def test_an_output_beside_or_inside_the_input_on_s3(s3, uploaded, tmp_path: Path
     for output in (f"{base}/in/out", f"s3a://{BUCKET}/overlap/in/out"):
         assert list_input_files(f"{base}/in", output).paths == (f"{BUCKET}/overlap/in/a.parquet",)
     assert list_input_files(f"{base}/in2", f"{base}/in").paths == (f"{BUCKET}/overlap/in2/b.parquet",)
+
+
+@pytest.mark.usefixtures("uploaded")   # the bucket
+def test_a_lease_on_s3_is_aged_by_the_stores_clock(s3, tmp_path: Path, monkeypatch) -> None:
+    """A holder whose clock is 10 minutes behind ours wrote its lease just now: by its heartbeat it is long
+    dead, by the store's LastModified it is fresh, and the second run refuses. The store's clock probe is gone."""
+    from pipeline.lease import CLOCK_PROBE, EXPIRES_SECONDS, LEASE_FILE, Lease, OutputBusy
+
+    server, _ = s3
+    for key, value in aws_env(server.endpoint, tmp_path).items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs, output = client(server.endpoint), f"s3://{BUCKET}/leased"
+    holder = {"token": "other", "host": "another-machine", "pid": 1, "started": "earlier",
+              "heartbeat": time.time() - 600}
+    fs.pipe(f"{BUCKET}/leased/_progress/{LEASE_FILE}", json.dumps(holder).encode())
+    with pytest.raises(OutputBusy, match=r"another-machine.*heartbeat \d s ago\).*rerun after 1[78]\d s"):
+        Lease(output).acquire()
+    assert not [p for p in fs.find(f"{BUCKET}/leased") if CLOCK_PROBE in p]
+    assert EXPIRES_SECONDS < 600
 
 
 @pytest.mark.usefixtures("uploaded")   # the bucket
