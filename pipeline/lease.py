@@ -110,7 +110,8 @@ def _alive_here(holder: dict) -> bool:
 
 class Lease:
     def __init__(self, output: str):
-        self.fs, root = fsspec.core.url_to_fs(output)
+        # an instance of its own: the heartbeat's thread never waits on a client the job's thread is using
+        self.fs, root = fsspec.core.url_to_fs(output, skip_instance_cache=True)
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         self.local = protocol in ("file", "local")
         self.output = output

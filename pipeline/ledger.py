@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 import fsspec
 import numpy as np
 
+from pipeline.storage import thread_safe
+
 PROGRESS_DIR = "_progress"
 JOB_FILE = "_job.json"
 JOB_COPY = "._job.json"                 # written before _job.json where writes are in place (`write_job`)
@@ -195,7 +197,7 @@ def recover(output: str) -> Progress:
     if fs.exists(progress):
         paths = [p for p in sorted(fs.ls(progress, detail=False))
                  if (name := p.rsplit("/", 1)[-1]).endswith(".json") and name != JOB_FILE and not name.startswith(".")]
-        with ThreadPoolExecutor(ENTRY_THREADS) as pool:   # on an object store each is a GET, mostly waiting
+        with ThreadPoolExecutor(ENTRY_THREADS if thread_safe(fs) else 1) as pool:   # each a GET on an object store
             contents = list(pool.map(fs.cat_file, paths))
         for path, content in zip(paths, contents):
             entry = _entry(content)

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from pipeline.ledger import JOB_COPY, JOB_FILE, PROGRESS_DIR, committed_mask
 from pipeline.stage import ERROR, ERROR_TYPE, FILE_INDEX, ROW, SOURCE
+from pipeline.storage import thread_safe
 from pipeline.validate import is_text_type
 
 GLOB_CHARS = "*?["
@@ -200,7 +201,8 @@ def scan_footers(files: InputFiles, columns: tuple[str, ...], texts: frozenset[s
     """
     rows, text_bytes, unreadable, types = [], [], [], {}
     schemas = {}   # True: the first readable shard with rows' schema, False: the first without (Footers.schema)
-    pool = ThreadPoolExecutor(max(1, min(FOOTER_THREADS, len(files.paths))), thread_name_prefix="bertbatch-footer")
+    threads = FOOTER_THREADS if thread_safe(files.fs) else 1
+    pool = ThreadPoolExecutor(max(1, min(threads, len(files.paths))), thread_name_prefix="bertbatch-footer")
     try:
         read = functools.partial(_footer_or_reason, files, texts=texts)
         for index, footer in enumerate(pool.map(read, range(len(files.paths)))):

@@ -77,6 +77,17 @@ def filesystem(uri: str, storage: StorageOptions | None = None) -> tuple[fsspec.
     return fsspec.core.url_to_fs(uri, **options_for(uri, storage))
 
 
+# Filesystems whose client one thread at a time may use: two threads waiting on one paramiko SFTP session
+# deadlock (paramiko issue 1836; a job writing to an SFTP server hung reading its ledger with 8 threads).
+SINGLE_THREADED = frozenset({"sftp", "ssh"})
+
+
+def thread_safe(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether threads may share this filesystem instance (else they take turns, or get their own instance)."""
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    return not protocols & SINGLE_THREADED
+
+
 def is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
     """Stores without rename, where one PUT makes an object appear complete (S3, GCS, Azure)."""
     protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)

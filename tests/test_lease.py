@@ -236,3 +236,17 @@ def test_a_write_of_a_run_that_lost_the_lease_places_and_commits_nothing(tmp_pat
     held_by(output, token="new-run")
     assert ResultWriter(_sink(tmp_path, lease="new-run", rows_per_file=2))(block)["rows"] == 4
     assert len(list(output.glob("part-*"))) == 2 and len(recover(str(output)).entries) == 1
+
+
+def test_the_heartbeat_has_a_client_of_its_own_and_sftp_sessions_are_not_shared(tmp_path):
+    """The lease's heartbeat thread runs beside the job's: it gets its own filesystem instance. Two threads
+    waiting on one paramiko SFTP session deadlock, so threads take turns on SFTP (tests/test_sftp.py)."""
+    import types
+
+    import fsspec
+
+    from pipeline.storage import thread_safe
+
+    assert Lease(str(tmp_path)).fs is not fsspec.core.url_to_fs(str(tmp_path))[0]
+    assert not thread_safe(types.SimpleNamespace(protocol=("sftp", "ssh")))
+    assert thread_safe(fsspec.filesystem("file")) and thread_safe(fsspec.filesystem("memory"))
