@@ -3,7 +3,7 @@
     folder = local_model_folder("s3://models/bert-ner/", storage_options)   # -> Path on local disk
 
 Every actor of a job calls this before `load_model` / `load_tokenizer`. The cache entry is named
-after the folder's content — the object store's ETag (or fsspec's `ukey`) and size of every file —
+after the folder's content — the object store's ETag (else the modification time) and size of every file —
 so a changed checkpoint under the same URL gets a new entry, and the same checkpoint is copied
 once per node however many actors (processes) ask for it: the first takes an exclusive file
 lock and downloads, the others wait on the lock and find the entry complete. A download is made
@@ -136,12 +136,20 @@ def _listing(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict]:
             if info.get("type", "file") == "file" and not path.endswith("/")}
 
 
+# What tells a file's content changed, by filesystem: a content hash where the store keeps one, else the modification
+# time. Not fsspec's `ukey` where a listing has either: it hashes the whole listing entry, access time included
+# (SFTP's `time`), which the copy itself changes (a run's workers refused the model its driver had planned with).
+CONTENT_TAGS = ("ETag", "etag", "md5Hash")
+MODIFIED_TAGS = ("mtime", "LastModified", "last_modified", "updated", "modified")
+
+
 def content_key(fs: fsspec.AbstractFileSystem, root: str, files: dict[str, dict]) -> str:
-    """sha256 over (relative path, size, ETag or fsspec ukey) of every file, 16 hex digits."""
+    """sha256 over (relative path, size, content hash or modification time) of every file, 16 hex digits; fsspec's
+    `ukey` where the listing has neither."""
     digest = hashlib.sha256()
     for path in sorted(files):
         info = files[path]
-        tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or fs.ukey(path)
+        tag = next((info[k] for k in (*CONTENT_TAGS, *MODIFIED_TAGS) if info.get(k)), None) or fs.ukey(path)
         digest.update(f"{path[len(root):]}\0{info.get('size')}\0{str(tag).strip(chr(34))}\n".encode())
     return digest.hexdigest()[:16]
 

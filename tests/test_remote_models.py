@@ -235,3 +235,20 @@ def test_a_copy_is_held_before_it_is_in_place(store, monkeypatch) -> None:
     monkeypatch.setenv(remote.CACHE_GB_ENV, "inf")
     monkeypatch.setattr(remote, "prune", prune)
     assert resolve(f"s3://{BUCKET}/hold/other") == other and entry.is_dir()   # no limit: both stay
+
+
+def test_the_content_key_follows_content_and_modification_time_not_access_time():
+    """SFTP's listing holds each file's access time, which copying the file changes: a key over it (fsspec's
+    `ukey`) made a run's workers refuse the checkpoint its driver had planned with (tests/test_sftp.py)."""
+    import datetime
+
+    from models.remote import content_key
+
+    fs, when = fsspec.filesystem("memory"), datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)
+
+    def key(**info):
+        return content_key(fs, "/m", {"/m/model.safetensors": {"size": 3, "mtime": when, "time": when, **info}})
+
+    assert key(time=when + datetime.timedelta(seconds=5)) == key()            # read since: the same checkpoint
+    assert key(mtime=when + datetime.timedelta(seconds=5)) != key() != key(size=4)   # rewritten
+    assert key(ETag='"abc"') != key(ETag='"abd"')                            # a content hash wins where there is one

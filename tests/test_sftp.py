@@ -37,7 +37,7 @@ def sftp(tmp_path_factory):
         server.stop()
 
 
-def run_job(corpus: Path, model: Path, output: str, *extra: str, kill: str | None = None,
+def run_job(corpus: Path | str, model: Path | str, output: str, *extra: str, kill: str | None = None,
             killed_when: Path | None = None) -> subprocess.CompletedProcess:
     """The job as its own process (its own Ray); `killed_when`: killed from outside once that file appears."""
     env = {k: v for k, v in os.environ.items() if k not in (KILL_ENV, "RAY_ADDRESS")}
@@ -92,3 +92,18 @@ def test_a_run_killed_twice_and_a_ledger_entry_cut_by_a_crash_end_exactly_once(s
     assert (served / "_SUCCESS").exists() and not list(served.rglob("*.tmp"))
     assert not (served / "_progress" / ".lease.json").exists()   # the lease released
     assert json.dumps(sftp.storage_options()) not in final.stdout
+
+
+def test_input_model_and_output_all_on_the_sftp_server(sftp, ner_checkpoint, tmp_path):
+    """Planning reads the footers and the model's files over SFTP too (one session: one thread at a time)."""
+    import shutil
+
+    write_corpus(sftp.root / "all" / "corpus", shards=SHARDS, rows_per_shard=ROWS)
+    shutil.copytree(ner_checkpoint, sftp.root / "all" / "model")
+    options = ("--storage-options", json.dumps(sftp.storage_options()))
+    done = run_job(sftp.url("/all/corpus"), sftp.url("/all/model"), sftp.url("/all/out"), *options)
+    assert done.returncode == 0, done.stdout[-3000:]
+    results, errors = rows_of(sftp.root / "all" / "out")
+    assert len(results) + len(errors) == SHARDS * ROWS
+    run = json.loads((sftp.root / "all" / "out" / "_run.json").read_text())
+    assert run["complete"] and run["model"]["path"] == sftp.url("/all/model")
