@@ -57,8 +57,16 @@ class SftpServer:
         return self
 
     def stop(self) -> None:
-        if self._acceptor is not None:
+        async def close() -> None:
             self._acceptor.close()
-            asyncio.run_coroutine_threadsafe(self._acceptor.wait_closed(), self._loop).result(timeout=30)
+            await self._acceptor.wait_closed()
+            # sessions of jobs killed mid-run are still waiting for their clients
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self._acceptor is not None:
+            asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
