@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import fsspec
 import numpy as np
 
-from pipeline.storage import thread_safe
+from pipeline.storage import protocols, thread_safe
 
 PROGRESS_DIR = "_progress"
 JOB_FILE = "_job.json"
@@ -87,8 +87,7 @@ def in_place(fs) -> bool:
     """Writes on `fs` can be cut by a crash: not a local disk (temporary name + rename) nor an object store
     (one PUT is whole or absent). HDFS, SFTP: their rename does not always replace a file (WebHDFS RENAME
     onto an existing name fails without an error), so entries are written in place there."""
-    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-    return not protocols & {"file", "local", "s3", "s3a", "gs", "gcs", "abfs", "az", "adl", "oss", "memory"}
+    return not protocols(fs) & {"file", "local", "s3", "s3a", "gs", "gcs", "abfs", "az", "adl", "oss", "memory"}
 
 
 def put_json(fs, path: str, value: dict) -> None:

@@ -82,16 +82,19 @@ def filesystem(uri: str, storage: StorageOptions | None = None) -> tuple[fsspec.
 SINGLE_THREADED = frozenset({"sftp", "ssh"})
 
 
+def protocols(fs: fsspec.AbstractFileSystem) -> frozenset[str]:
+    """Every name fsspec gives the filesystem's protocol (s3fs: s3, s3a)."""
+    return frozenset({fs.protocol} if isinstance(fs.protocol, str) else fs.protocol)
+
+
 def thread_safe(fs: fsspec.AbstractFileSystem) -> bool:
     """Whether threads may share this filesystem instance (else they take turns, or get their own instance)."""
-    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-    return not protocols & SINGLE_THREADED
+    return not protocols(fs) & SINGLE_THREADED
 
 
 def is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
     """Stores without rename, where one PUT makes an object appear complete (S3, GCS, Azure)."""
-    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-    return bool(protocols & {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+    return bool(protocols(fs) & {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 
 
 def configure(storage: StorageOptions | None = None) -> None:

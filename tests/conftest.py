@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -89,3 +92,26 @@ def write_corpus(folder: Path, shards: int = 3, rows_per_shard: int = 12) -> Pat
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path, row_group_size=5)
     return folder
+
+
+def run_ner_job(corpus: Path | str, model: Path | str, output: Path | str, *args: str, kill: str | None = None,
+                killed_when: Callable[[], bool] | None = None) -> subprocess.CompletedProcess:
+    """`jobs/ner_corpus.py` as its own process in its own session (its own local Ray), optionally SIGKILLed at a
+    kill hook (`kill`: BERTBATCH_TEST_KILL_AT) or from outside as soon as `killed_when()` holds."""
+    from pipeline.kill_hooks import KILL_ENV, kill_session
+
+    env = {k: v for k, v in os.environ.items() if k not in (KILL_ENV, "RAY_ADDRESS")}
+    if kill:
+        env[KILL_ENV] = kill
+    command = [sys.executable, "jobs/ner_corpus.py", "--input", str(corpus), "--model", str(model),
+               "--output", str(output), *args]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    if killed_when is not None:   # from outside: mid-run, wherever the rest is
+        deadline = time.time() + 300
+        while process.poll() is None and time.time() < deadline and not killed_when():
+            time.sleep(0.005)
+        kill_session(process.pid)
+    out, _ = process.communicate(timeout=300)
+    kill_session(process.pid)   # a killed driver's Ray went with it; be sure
+    return subprocess.CompletedProcess(command, process.returncode, out, "")

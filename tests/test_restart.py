@@ -7,12 +7,9 @@ kill hook takes the driver's whole process group down (the local Ray it started)
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +18,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.kill_hooks import KILL_ENV, kill_session
-from tests.conftest import REPO, write_corpus
+from tests.conftest import run_ner_job, write_corpus
 
 pytestmark = pytest.mark.ray
 SHARDS, ROWS = 4, 15
@@ -31,21 +27,9 @@ OPTIONS = ("--rows-per-file", "5", "--docs-per-batch", "5", "--stride", "16")
 
 def run_job(corpus: Path, model: Path, output: Path, *extra: str, kill: str | None = None,
             kill_at_first_commit: bool = False) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in (KILL_ENV, "RAY_ADDRESS")}
-    if kill:
-        env[KILL_ENV] = kill
-    command = [sys.executable, "jobs/ner_corpus.py", "--input", str(corpus), "--model", str(model),
-               "--output", str(output), *OPTIONS, *extra]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
-    if kill_at_first_commit:   # from outside, as soon as a write task committed: mid-run, wherever the rest is
-        deadline = time.time() + 300
-        while process.poll() is None and time.time() < deadline and not list(output.glob("_progress/0*.json")):
-            time.sleep(0.005)
-        kill_session(process.pid)
-    out, _ = process.communicate(timeout=300)
-    kill_session(process.pid)   # a killed driver's Ray went with it; be sure
-    return subprocess.CompletedProcess(command, process.returncode, out, "")
+    """The job; `kill_at_first_commit`: killed from outside as soon as a write task committed."""
+    committed = (lambda: bool(list(output.glob("_progress/0*.json")))) if kill_at_first_commit else None
+    return run_ner_job(corpus, model, output, *OPTIONS, *extra, kill=kill, killed_when=committed)
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,14 @@ input row exactly once, with the results of a local run.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.kill_hooks import KILL_ENV, kill_session
-from tests.conftest import REPO, write_corpus
+from tests.conftest import run_ner_job, write_corpus
 from tests.sftp_server import SftpServer
 
 pytestmark = [pytest.mark.sftp, pytest.mark.timeout(900)]
@@ -39,22 +35,9 @@ def sftp(tmp_path_factory):
 
 def run_job(corpus: Path | str, model: Path | str, output: str, *extra: str, kill: str | None = None,
             killed_when: Path | None = None) -> subprocess.CompletedProcess:
-    """The job as its own process (its own Ray); `killed_when`: killed from outside once that file appears."""
-    env = {k: v for k, v in os.environ.items() if k not in (KILL_ENV, "RAY_ADDRESS")}
-    if kill:
-        env[KILL_ENV] = kill
-    command = [sys.executable, "jobs/ner_corpus.py", "--input", str(corpus), "--model", str(model),
-               "--output", output, *OPTIONS, *extra]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
-    if killed_when is not None:
-        deadline = time.time() + 300
-        while process.poll() is None and time.time() < deadline and not killed_when.exists():
-            time.sleep(0.005)
-        kill_session(process.pid)
-    out, _ = process.communicate(timeout=300)
-    kill_session(process.pid)
-    return subprocess.CompletedProcess(command, process.returncode, out, "")
+    """The job; `killed_when`: killed from outside once that file appears (on the server's side)."""
+    return run_ner_job(corpus, model, output, *OPTIONS, *extra, kill=kill,
+                       killed_when=killed_when.exists if killed_when is not None else None)
 
 
 def rows_of(output: Path) -> tuple[dict, list]:
