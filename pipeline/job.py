@@ -334,8 +334,7 @@ def run_job(config: JobConfig, task: Task) -> dict:
         if finished is not None:   # finished since the look
             return _already_complete(config, task, finished)
         plan, _, max_length = planned or build_plan(config, task, prepared)   # or not finished since the look
-        if os.environ.get(kill_hooks.KILL_ENV):  # the test hook in workers kills this driver (before Ray starts:
-            os.environ.setdefault(kill_hooks.DRIVER_PID_ENV, str(os.getpid()))   # its workers inherit this)
+        kill_hooks.arm()   # test hooks only: before Ray starts
         plan = ray_plan.preflight(plan)   # the cluster's refusals (device, dtype, actors) before the output is touched
         identity = restart.with_dtypes(identity, plan.infer.config.dtypes)
         start = restart.open_output(config.output, identity, config.overwrite, lease.token)

@@ -18,6 +18,16 @@ import numpy as np
 
 KILL_ENV = "BERTBATCH_TEST_KILL_AT"
 DRIVER_PID_ENV = "BERTBATCH_DRIVER_PID"
+COUNTS_ENV = "BERTBATCH_KILL_COUNTS"
+
+
+def arm() -> None:
+    """In the driver, before Ray starts (its workers inherit the environment), when a hook is set: the process to
+    kill, and a folder of this run's own for the counts (one named by the driver's pid would be found again by
+    a later run whose driver got the same pid, its count already past n, and that run would not be killed)."""
+    if os.environ.get(KILL_ENV):
+        os.environ.setdefault(DRIVER_PID_ENV, str(os.getpid()))
+        os.environ.setdefault(COUNTS_ENV, tempfile.mkdtemp(prefix="bertbatch-kill-"))
 
 
 def kill_point(point: str) -> None:
@@ -32,7 +42,8 @@ def kill_point(point: str) -> None:
     if name != point:
         return
     driver = int(os.environ.get(DRIVER_PID_ENV, os.getpid()))
-    counter = os.path.join(tempfile.gettempdir(), f"bertbatch-kill-{driver}-{point}")
+    counts = os.environ.get(COUNTS_ENV) or tempfile.gettempdir()
+    counter = os.path.join(counts, f"bertbatch-kill-{driver}-{point}")
     with open(counter, "a+") as handle:  # the count is shared by every process of this run
         fcntl.flock(handle, fcntl.LOCK_EX)
         handle.seek(0)
