@@ -108,6 +108,10 @@ class JobConfig(_SharedChecks):
         None, ge=1, description="target result rows per output Parquet file; a file also ends at about 256 MiB of "
                                 "rows in memory (wide kept columns). Each write is committed on its own, so this is "
                                 "also the work a kill can cost. Default: 10,000 on CPU, 100,000 on GPU")
+    progress_seconds: float = Field(
+        60, ge=0, description="seconds between progress lines while the run executes (rows committed of the input's, "
+                              "rate, time left; 0: none); where stdout is no terminal (ray job submit, Airflow logs) "
+                              "they replace Ray Data's progress log")
     partition_by: str | None = Field(None, description="write hive folders COLUMN=value/ (a kept input column)")
     overwrite: bool = Field(False, description="replace an existing output folder: what earlier runs wrote there "
                                                 "is deleted (a folder holding other files is refused)")

@@ -23,6 +23,7 @@ from pipeline.cli import UsageError
 from pipeline.config import JobConfig
 from pipeline.infer import Infer, InferConfig
 from pipeline.lease import Lease, OutputBusy
+from pipeline.progress_log import ProgressLog
 from pipeline.read import (
     Footers,
     InputError,
@@ -361,20 +362,25 @@ def _run(config: JobConfig, task: Task, plan: Plan, model, max_length: int, iden
     kill_hooks.kill_point("start")
     started = time.perf_counter()
     placement, failure = {}, None
+    input_rows = sum(n for n in plan.footers.rows if n is not None)
     if pending:
         ray_plan.init_ray()
         ledger.clear_in_flight(config.output)   # markers of a killed earlier run
-        try:
-            placement = ray_plan.execute(plan, pending)[1]
-        except Exception as error:
-            restart.raise_unless_crash(error)
-            failure = restart.isolate_crashes(plan, config.output, error, ray_plan.execute)
-            print(f"bertbatch {task.name}: worker processes died beyond their retries; {failure['rows']} rows "
-                  f"are worker_died errors in {config.output}/_errors", file=sys.stderr, flush=True)
+        if config.progress_seconds and not sys.stdout.isatty():
+            ray_plan.without_ray_data_progress()   # our lines instead of its snapshots in a log
+        done_before = sum(start.progress.rows_done(i) for i in range(len(plan.footers.rows)))
+        with ProgressLog(task.name, config.output, start.run, input_rows, done_before, config.progress_seconds,
+                         plan.rows_per_file):
+            try:
+                placement = ray_plan.execute(plan, pending)[1]
+            except Exception as error:
+                restart.raise_unless_crash(error)
+                failure = restart.isolate_crashes(plan, config.output, error, ray_plan.execute)
+                print(f"bertbatch {task.name}: worker processes died beyond their retries; {failure['rows']} rows "
+                      f"are worker_died errors in {config.output}/_errors", file=sys.stderr, flush=True)
     ray_plan.stop_ray()     # an embedded Ray: its work is done, the rest needs no cluster
     wall = time.perf_counter() - started
     progress = ledger.recover(config.output)
-    input_rows = sum(n for n in plan.footers.rows if n is not None)
     report = summarize([{**e["counters"], "files": e["files"]} for e in progress.entries], input_rows, wall)
     report["unreadable_files"] = [plan.files.display(plan.files.paths[i]) for i, _ in plan.footers.unreadable]
     complete = report["documents"] == input_rows and not plan.footers.unreadable and not report["unreadable_rows"]

@@ -199,7 +199,7 @@ def recover(output: str) -> Progress:
         with ThreadPoolExecutor(ENTRY_THREADS if thread_safe(fs) else 1) as pool:   # each a GET on an object store
             contents = list(pool.map(fs.cat_file, paths))
         for path, content in zip(paths, contents):
-            entry = _entry(content)
+            entry = parse_entry(content)
             if entry is not None and set(entry["files"]) <= present:
                 entries.append(entry)
             else:
@@ -219,7 +219,7 @@ def recover(output: str) -> Progress:
     return Progress({k: merge(v) for k, v in committed.items()}, entries, removed)
 
 
-def _entry(content: bytes) -> dict | None:
+def parse_entry(content: bytes) -> dict | None:
     """A commit entry, or None for one a crash cut (written in place: `in_place`): its rows are done again."""
     try:
         entry = json.loads(content)

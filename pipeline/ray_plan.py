@@ -82,6 +82,12 @@ def init_ray() -> None:
         _embedded = True
 
 
+def without_ray_data_progress() -> None:
+    """Ray Data's progress off for the executions to come. Where stdout is no terminal it logs a snapshot of every
+    operator every 10 s (about 17 lines); the job's own line (`pipeline.progress_log`) replaces it."""
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
 def _check_reachable(address: str) -> None:
     """A `host:port` nobody answers at is a one-line error, not Ray's endless connect retries."""
     host, _, port = address.rpartition(":")

@@ -25,7 +25,7 @@ ISOLATION_PASSES = 3        # runs after a fatal worker crash, each without the 
 # credentials, never written to the ledger), never a result row's values.
 LAYOUT_ONLY = frozenset({"input", "output", "overwrite", "model", "tokenizer_actors", "model_actors",
                          "docs_per_batch", "batch_tokens", "rows_per_file", "device", "storage_options",
-                         "wait_for_gpus"})
+                         "wait_for_gpus", "progress_seconds"})
 
 
 @dataclasses.dataclass

@@ -10,6 +10,7 @@ and checks that the job wrote the partition of that date: every input id, `_SUCC
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -82,7 +83,7 @@ def test_dag_runs_the_ner_job_for_its_logical_date(head: LoopbackCluster, tmp_pa
         "BERTBATCH_MODEL": str(model),
         "BERTBATCH_WORKING_DIR": str(REPO),
         "BERTBATCH_JOB_SCRIPT": "jobs/ner_corpus.py",
-        "BERTBATCH_EXTRA_ARGS": "--max-length 32 --stride 8",
+        "BERTBATCH_EXTRA_ARGS": "--max-length 32 --stride 8 --progress-seconds 1 --rows-per-file 10",
         "BERTBATCH_POLL_SECONDS": "2",
     }
     env.pop("VIRTUAL_ENV", None)
@@ -96,6 +97,9 @@ def test_dag_runs_the_ner_job_for_its_logical_date(head: LoopbackCluster, tmp_pa
     run = airflow("dags", "test", DAG_ID, LOGICAL_DATE, timeout=900)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-8000:]
+
+    # The job's log reaches the task's log: its progress lines, not Ray Data's snapshots.
+    assert re.search(rf"bertbatch ner: \d+ of {len(ids)} rows done", log) and "Running Dataset" not in log, log[-8000:]
 
     output = tmp_path / "out" / f"date={LOGICAL_DATE}"
     assert (output / "_SUCCESS").is_file(), f"{log[-6000:]}\n{sorted(p.name for p in output.iterdir())}"

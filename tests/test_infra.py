@@ -189,3 +189,23 @@ def test_airflow_dag_defaults_to_the_job_path_inside_the_image() -> None:
     script, _ = entrypoint_job(f"python {constants['IMAGE_JOB_SCRIPT']}")
     assert constants["IMAGE_JOB_SCRIPT"].startswith(IMAGE_WORKDIR) and script.is_file()
     assert constants["DAG_ID"] == "bertbatch_ner"
+
+
+def test_airflow_task_prints_each_line_of_the_jobs_log_once_as_it_comes(capsys) -> None:
+    """`print_new_lines`, run on its own (the DAG module imports Airflow): whole lines while the job runs, the
+    rest when it ended, nothing twice."""
+    import ast
+
+    tree = ast.parse((INFRA / "airflow" / "dags" / "bertbatch_ner.py").read_text(encoding="utf-8"))
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "print_new_lines")
+    scope: dict = {}
+    exec(compile(ast.Module([function], []), "bertbatch_ner.py", "exec"), scope)
+    print_new_lines = scope["print_new_lines"]
+    log = "started\nbertbatch ner: 0 of 9 rows done; 5s"
+    printed = print_new_lines(log, 0)
+    assert capsys.readouterr().out == "started\n"          # the cut line waits
+    assert print_new_lines(log, printed) == printed and capsys.readouterr().out == ""
+    log += " into this run\nbertbatch ner: 9 of 9 rows done\ndocuments 9"
+    printed = print_new_lines(log, printed)
+    assert capsys.readouterr().out == "bertbatch ner: 0 of 9 rows done; 5s into this run\nbertbatch ner: 9 of 9 rows done\n"
+    assert print_new_lines(log, printed, last=True) == len(log) and capsys.readouterr().out == "documents 9\n"

@@ -12,7 +12,7 @@ Why Ray's `JobSubmissionClient` in a `@task`, not `RaySubmitJobOperator`:
 - `ray[default]` of exactly the cluster's Ray version is the one dependency this DAG needs, and
   with it we control the two things a retry needs: before submitting, the task stops any job
   still running for the same DAG and date (an earlier try whose Airflow task was killed — two
-  writers on one output would race), and a failure raises with the tail of the job's logs. A
+  writers on one output would race), and the job's log goes into the task's log as it runs. A
   configuration error (the job's exit status 2) fails the task without retries; any other failure
   (exit 1; 75 while another run holds the output) is retried.
 
@@ -51,8 +51,17 @@ DAG_ID = "bertbatch_ner"
 IMAGE_JOB_SCRIPT = "/home/ray/bertbatch/jobs/ner_corpus.py"   # infra/docker/Dockerfile
 POLL_SECONDS = float(os.environ.get("BERTBATCH_POLL_SECONDS", "10"))
 ACTIVE = ("PENDING", "RUNNING")
-LOG_TAIL_CHARS = 4000
 CONFIG_ERROR = 2   # the job's exit status for a configuration error: a retry would fail the same way
+
+
+def print_new_lines(log: str, printed: int, last: bool = False) -> int:
+    """Print the job's log lines not printed yet into the task's log, where the job's progress lines (one a
+    minute: rows done, rate, time left) show while it runs; `last`: it ended, print the rest. Returns how much
+    of the log is printed."""
+    end = len(log) if last else log.rfind("\n", printed) + 1
+    if end > printed:
+        print(log[printed:end].rstrip("\n"), flush=True)
+    return max(end, printed)
 
 
 def ner_command(params: dict, ds: str) -> list[str]:
@@ -115,14 +124,14 @@ def bertbatch_ner():
             metadata={"airflow_dag": DAG_ID, "date": ds, "airflow_try": str(context["ti"].try_number)})
         print(f"submitted {submission_id}: {shlex.join(command)}")
 
-        status = str(client.get_job_status(submission_id))
+        status, printed = str(client.get_job_status(submission_id)), 0
         while status in ACTIVE:
             time.sleep(POLL_SECONDS)
             status = str(client.get_job_status(submission_id))
-        logs = client.get_job_logs(submission_id)
-        print(logs[-LOG_TAIL_CHARS:])
+            printed = print_new_lines(client.get_job_logs(submission_id), printed)
+        print_new_lines(client.get_job_logs(submission_id), printed, last=True)
         if status != "SUCCEEDED":
-            failed = f"Ray job {submission_id} ended {status}; last lines of its log are above"
+            failed = f"Ray job {submission_id} ended {status}; its log is above"
             if client.get_job_info(submission_id).driver_exit_code == CONFIG_ERROR:
                 raise AirflowFailException(f"{failed} (a configuration error: not retried)")
             raise RuntimeError(failed)
