@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, Datasink
+from ray.util.debug import log_once
 
 from pipeline.cli import UsageError, one_line_reason
 from pipeline.gpu_wait import wait_for_gpus
@@ -86,6 +87,7 @@ def without_ray_data_progress() -> None:
     """Ray Data's progress off for the executions to come. Where stdout is no terminal it logs a snapshot of every
     operator every 10 s (about 17 lines); the job's own line (`pipeline.progress_log`) replaces it."""
     ray.data.DataContext.get_current().enable_progress_bars = False
+    log_once("ray_data_progress_manager_disabled")   # spent here: Ray Data's "to enable, set DataContext..." hint
 
 
 def _check_reachable(address: str) -> None:

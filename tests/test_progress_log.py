@@ -1,10 +1,11 @@
-"""The progress line (`pipeline/progress_log.py`): read from the ledger, this run's entries only, in a job's log."""
+"""The progress line (`pipeline/progress_log.py`): read from the ledger, this run's entries only.
+
+In a job's log (stdout a pipe) after a kill and a rerun: tests/test_restart.py; in Airflow's: tests/test_airflow.py.
+"""
 
 from __future__ import annotations
 
 import json
-import re
-import signal
 import time
 
 import fsspec
@@ -12,7 +13,6 @@ import pytest
 
 from pipeline import ledger
 from pipeline.progress_log import ProgressLog, duration
-from tests.conftest import run_ner_job, write_corpus
 
 
 def commit(output, first_row: int, rows: int, run: int, errors: int = 0, tokens: int = 0) -> None:
@@ -91,23 +91,3 @@ def test_no_interval_no_thread(tmp_path):
 def test_durations_read_as_a_clock():
     assert [duration(s) for s in (0.4, 45, 62, 3599, 3600, 11_100, 90_000)] == \
         ["0s", "45s", "1m02s", "59m59s", "1h00m", "3h05m", "25h00m"]
-
-
-@pytest.mark.ray
-def test_a_killed_run_and_its_rerun_log_progress_lines_not_ray_datas_snapshots(ner_checkpoint, tmp_path):
-    """The job's stdout is a pipe, as in a `ray job submit` or Airflow log: our line replaces Ray Data's progress
-    log. The rerun's lines start from what the killed run committed."""
-    corpus = write_corpus(tmp_path / "corpus", shards=2, rows_per_shard=20)
-    output = tmp_path / "out"
-    flags = ("--rows-per-file", "5", "--docs-per-batch", "5", "--model-actors", "1", "--progress-seconds", "0.2")
-    killed = run_ner_job(corpus, ner_checkpoint, output, *flags, kill="commit:3")
-    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
-    final = run_ner_job(corpus, ner_checkpoint, output, *flags)
-    assert final.returncode == 0, final.stdout[-3000:]
-    run = json.loads((output / "_run.json").read_text())
-    first_run = run["runs"][0]["rows_processed"]
-    for job in (killed, final):
-        assert "Running Dataset" not in job.stdout and "logging_progress" not in job.stdout
-    done = [int(n) for n in re.findall(r"^bertbatch ner: (\d+) of 40 rows done", final.stdout, re.M)]
-    assert done and done == sorted(done) and done[0] >= first_run > 0, final.stdout[-3000:]
-    assert re.search(r"this run \d+ in \d+s, 0 errors", final.stdout), final.stdout[-3000:]

@@ -100,7 +100,7 @@ def test_one_shard_is_committed_batch_by_batch_and_a_rerun_redoes_only_the_rest(
     """Ray joins what one read task yields into one block; cut into model batches (`ray_plan._blocks_of`), one file
     is committed as it goes, so a kill after its second commit leaves only the rest to do."""
     corpus = write_corpus(tmp_path / "corpus", shards=1, rows_per_shard=SHARDS * ROWS)   # the reference's rows
-    output, one = tmp_path / "out", ("--model-actors", "1")
+    output, one = tmp_path / "out", ("--model-actors", "1", "--progress-seconds", "0.2")
     killed = run_job(corpus, ner_checkpoint, output, *one, kill="commit:2")
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
     final = run_job(corpus, ner_checkpoint, output, *one)
@@ -108,6 +108,12 @@ def test_one_shard_is_committed_batch_by_batch_and_a_rerun_redoes_only_the_rest(
     run = assert_same_as_reference(output, reference, corpus)
     first, rest = (r["rows_processed"] for r in run["runs"])
     assert 0 < first < SHARDS * ROWS and first + rest == SHARDS * ROWS
+    # stdout is a pipe, as in a `ray job submit` or Airflow log: the progress line (pipeline/progress_log.py)
+    # instead of Ray Data's snapshots, and the rerun's lines count from what the killed run committed
+    for job in (killed, final):
+        assert "Running Dataset" not in job.stdout and "Progress bars disabled" not in job.stdout
+    done = [int(n) for n in re.findall(rf"^bertbatch ner: (\d+) of {SHARDS * ROWS} rows done", final.stdout, re.M)]
+    assert done and done == sorted(done) and done[0] >= first, final.stdout[-3000:]
 
 
 def test_model_actor_killed_mid_run_is_restarted(corpus, ner_checkpoint, reference, tmp_path):
