@@ -368,7 +368,7 @@ def _run(config: JobConfig, task: Task, plan: Plan, model, max_length: int, iden
         ledger.clear_in_flight(config.output)   # markers of a killed earlier run
         if config.progress_seconds and not sys.stdout.isatty():
             ray_plan.without_ray_data_progress()   # our lines instead of its snapshots in a log
-        done_before = sum(start.progress.rows_done(i) for i in range(len(plan.footers.rows)))
+        done_before = sum(map(start.progress.rows_done, start.progress.committed))
         with ProgressLog(task.name, config.output, start.run, input_rows, done_before, config.progress_seconds,
                          plan.rows_per_file):
             try:

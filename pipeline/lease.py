@@ -37,6 +37,7 @@ from collections.abc import Iterator
 import fsspec
 
 from pipeline.ledger import put_json
+from pipeline.storage import protocols
 
 HEARTBEAT_SECONDS = 30.0
 EXPIRES_SECONDS = 180.0
@@ -112,8 +113,7 @@ class Lease:
     def __init__(self, output: str):
         # an instance of its own: the heartbeat's thread never waits on a client the job's thread is using
         self.fs, root = fsspec.core.url_to_fs(output, skip_instance_cache=True)
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        self.local = protocol in ("file", "local")
+        self.local = bool(protocols(self.fs) & {"file", "local"})
         self.output = output
         self.path = f"{root.rstrip('/')}/_progress/{LEASE_FILE}"
         self.token = uuid.uuid4().hex

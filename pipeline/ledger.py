@@ -194,8 +194,7 @@ def recover(output: str) -> Progress:
     found = [p[len(root):].lstrip("/") for p in fs.find(root)] if fs.exists(root) else []
     present, entries = set(found), []     # one set, not one per entry: entries × files (partitioned outputs)
     if fs.exists(progress):
-        paths = [p for p in sorted(fs.ls(progress, detail=False))
-                 if (name := p.rsplit("/", 1)[-1]).endswith(".json") and name != JOB_FILE and not name.startswith(".")]
+        paths = entry_paths(fs, progress)
         with ThreadPoolExecutor(ENTRY_THREADS if thread_safe(fs) else 1) as pool:   # each a GET on an object store
             contents = list(pool.map(fs.cat_file, paths))
         for path, content in zip(paths, contents):
@@ -217,6 +216,12 @@ def recover(output: str) -> Progress:
         for file_index, ranges in entry["ranges"].items():
             committed.setdefault(int(file_index), []).extend(tuple(r) for r in ranges)
     return Progress({k: merge(v) for k, v in committed.items()}, entries, removed)
+
+
+def entry_paths(fs, progress: str) -> list[str]:
+    """The commit entries in the ledger folder `progress`, sorted: not `_job.json`, its copy, markers or the lease."""
+    return [p for p in sorted(fs.ls(progress, detail=False))
+            if (name := p.rsplit("/", 1)[-1]).endswith(".json") and name != JOB_FILE and not name.startswith(".")]
 
 
 def parse_entry(content: bytes) -> dict | None:

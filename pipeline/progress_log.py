@@ -71,9 +71,8 @@ class ProgressLog:
         fs.invalidate_cache(folder)
         if not fs.exists(folder):
             return
-        for path in sorted(fs.ls(folder, detail=False)):
-            name = path.rsplit("/", 1)[-1]
-            if path in self._read or not name.endswith(".json") or name == ledger.JOB_FILE or name.startswith("."):
+        for path in ledger.entry_paths(fs, folder):
+            if path in self._read:
                 continue
             with contextlib.suppress(FileNotFoundError):   # deleted meanwhile (an orphan's entry, by `recover`)
                 entry = ledger.parse_entry(fs.cat_file(path))
